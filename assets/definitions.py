@@ -1,0 +1,28 @@
+"""The Dagster code location: every asset, job, schedule and resource of the MATTER chain.
+
+The environment comes from the project configuration (``MATTER_CONFIG``, default the embedded
+demo world): the endpoint, the regions (partitions) and the storage root.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets import evaluation, imagery, model, patches
+from assets.jobs import dataset_refresh, matter_chain, patch_dataset, pretrain_and_evaluate
+from assets.partitions import CONFIG
+from assets.resources import DataStore, StacApi
+
+_store = DataStore(root=str(CONFIG.storage.get("root", ".demo/data")))
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([imagery, patches, model, evaluation]),
+    jobs=[matter_chain, patch_dataset, pretrain_and_evaluate],
+    schedules=[dataset_refresh],
+    resources={
+        "store": _store,
+        "stac": StacApi(endpoint=CONFIG.stac.get("endpoint", "demo"),
+                        demo_world_root=str(_store.demo_world)),
+        "pipes": dg.PipesSubprocessClient(),
+    },
+)

@@ -1,0 +1,103 @@
+"""Patch assets: the change screen of each partition and its anchor / positive / negative crops."""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from assets.partitions import CONFIG, REGION_WINDOWS, region_window
+from assets.previews import figure_png, png_metadata
+from assets.resources import DataStore
+from matter_model.atomic_io import atomic_write_text
+from matter_model.patch_store import StoreInfo, write_shard
+from pipelines.change_screen import screen_windows, screening_quality, window_truth
+from pipelines.coregistration import open_stack, stack_grid
+from pipelines.demo_world.truth import change_truth
+from pipelines.tiling import cut_triplets
+
+GROUP = "patches"
+
+
+@dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, deps=["coregistered_stack"],
+          kinds={"pandas"})
+def change_screen(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
+    """The windows of the partition that stayed unchanged between every pair of its dates."""
+    part = region_window(context)
+    stack = open_stack(store.stack(part.region, part.window)).load()
+    settings = CONFIG.screen
+    table = screen_windows(
+        stack,
+        window=int(settings.get("window", 32)),
+        threshold=float(settings.get("threshold", 1.5)),
+        min_valid_fraction=float(settings.get("min_valid_fraction", 0.9)),
+    )
+    path = store.screen(part.region, part.window)
+    atomic_write_text(path, table.to_csv(index=False))
+    rows, cols = int(table["row"].max()) + 1, int(table["col"].max()) + 1
+    kept = table["unchanged"].to_numpy().reshape(rows, cols)
+    score = table["score"].to_numpy().reshape(rows, cols)
+    metadata: dict = {
+        "windows": len(table),
+        "unchanged": int(kept.sum()),
+        "unchanged_share": float(kept.mean()),
+        "path": dg.MetadataValue.path(str(path)),
+    }
+    if CONFIG.stac.get("endpoint") == "demo":
+        dates = [str(t)[:10] for t in stack.time.values.astype("datetime64[D]")]
+        truth = change_truth(store.demo_world, part.region, dates, stack_grid(stack))
+        quality = screening_quality(table, window_truth(truth, int(settings.get("window", 32))))
+        metadata.update({f"truth_{k}": v for k, v in quality.items()})
+    png = figure_png([("change score", np.where(np.isfinite(score), score, np.nan)),
+                      ("kept (white)", kept.astype(float))], path.with_suffix(".png"),
+                     cmap="magma")
+    metadata.update(png_metadata(png, path.with_suffix(".png")))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, deps=[change_screen],
+          kinds={"zarr"})
+def patch_triplets(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
+    """Anchor / positive / negative crops of the unchanged windows, one shard per partition."""
+    part = region_window(context)
+    stack = open_stack(store.stack(part.region, part.window)).load()
+    screen = pd.read_csv(store.screen(part.region, part.window))
+    settings = CONFIG.tiling
+    bands = list(settings.get("bands"))
+    triplets = cut_triplets(
+        stack,
+        screen,
+        bands=bands,
+        seed=int(settings.get("seed", 0)),
+        tile=stack.attrs.get("region", part.region),
+        min_valid_fraction=float(settings.get("min_valid_fraction", 0.9)),
+        min_negative_distance_px=int(settings.get("min_negative_distance_px", 64)),
+    )
+    shard_id = f"{part.region}__{part.window}"
+    shard = write_shard(
+        store.patch_store,
+        shard_id=shard_id,
+        info=StoreInfo(bands=tuple(bands), patch_size=int(screen["size"].iloc[0])),
+        anchor=triplets.anchor,
+        positive=triplets.positive,
+        negative=triplets.negative,
+        patches=triplets.patches,
+    )
+    metadata: dict = {
+        "triplets": len(triplets.patches),
+        "bands": bands,
+        "bytes_written": sum(f.stat().st_size for f in shard.rglob("*") if f.is_file()),
+        "shard": dg.MetadataValue.path(str(shard)),
+    }
+    if len(triplets.patches):
+        idx = list(range(min(4, len(triplets.patches))))
+        rgb = [bands.index(b) for b in ("B04", "B03", "B02")]
+        panels = []
+        for i in idx:
+            for role in ("anchor", "positive", "negative"):
+                crop = getattr(triplets, role)[i][rgb].transpose(1, 2, 0)
+                panels.append((f"{i} {role}", np.clip(crop / max(crop.max(), 1e-6), 0, 1)))
+        preview = store.path("previews", f"{shard_id}.png")
+        png = figure_png(panels, preview)
+        metadata.update(png_metadata(png, preview, "triplets_preview"))
+    return dg.MaterializeResult(metadata=metadata)

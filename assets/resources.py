@@ -1,0 +1,84 @@
+"""Dagster resources: the STAC API to search and the data store the assets write to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from assets.config import endpoint_url
+from pipelines.demo_world import generate_demo_world
+from pipelines.stac import StacServer
+
+
+class DataStore(dg.ConfigurableResource):
+    """Where every stage writes: one folder per stage, one file or folder per partition."""
+
+    root: str = ".demo/data"
+
+    def path(self, *parts: str) -> Path:
+        return Path(self.root, *parts).resolve()
+
+    def items(self, region: str, window: str) -> Path:
+        return self.path("items", region, f"{window}.json")
+
+    def stack(self, region: str, window: str) -> Path:
+        return self.path("stacks", region, f"{window}.zarr")
+
+    def screen(self, region: str, window: str) -> Path:
+        return self.path("screens", region, f"{window}.csv")
+
+    @property
+    def patch_store(self) -> Path:
+        return self.path("patches")
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path("models", "matter")
+
+    @property
+    def reports(self) -> Path:
+        return self.path("reports")
+
+    @property
+    def demo_world(self) -> Path:
+        return self.path("demo_world")
+
+
+class StacApi(dg.ConfigurableResource):
+    """A STAC API: a real endpoint, or the embedded demo world behind a local `rustac serve`.
+
+    With ``endpoint: demo`` the resource generates the demo world (once; reruns reuse it) and
+    serves it on a free port of 127.0.0.1 for the life of the step; the server is stopped when
+    the step ends or fails.
+    """
+
+    endpoint: str = "demo"
+    demo_world_root: str = ".demo/data/demo_world"
+    _url: str = PrivateAttr(default="")
+
+    @property
+    def is_demo(self) -> bool:
+        return self.endpoint == "demo"
+
+    @property
+    def url(self) -> str:
+        if not self._url:
+            raise RuntimeError("StacApi.url is only available while the resource is in use")
+        return self._url
+
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[StacApi]:
+        if not self.is_demo:
+            self._url = endpoint_url(self.endpoint)
+            yield self
+            return
+        root = Path(self.demo_world_root)
+        generate_demo_world(root)
+        with StacServer([root / "collection.json", root / "items.json"]) as server:
+            context.log.info(f"demo STAC API (rustac serve) at {server.url}")
+            self._url = server.url
+            yield self

@@ -1,0 +1,192 @@
+"""The patch store: the on-disk contract between the tiling pipeline and the model.
+
+Layout (format ``matter-patch-store`` version 1)::
+
+    <root>/
+      store.json              {"format", "version", "bands", "patch_size", "dtype"}
+      shards/<shard_id>/      a zarr v3 group, visible only once complete
+        anchor    (N, C, S, S) float32 surface reflectance, window w at date t_i
+        positive  (N, C, S, S) float32, the same window at another date t_j
+        negative  (N, C, S, S) float32, another unchanged window
+        patches.csv           one row per triplet (region, tile, dates, bbox, CRS, transform, ...)
+
+A shard is written under a hidden temporary name and renamed into place, so a reader never sees
+a half-written shard; rewriting a shard with the same id replaces it whole (reruns are
+idempotent). Readers ignore every name that starts with a dot.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import zarr
+from torch.utils.data import Dataset
+
+from matter_model.atomic_io import atomic_directory, atomic_write_text
+
+FORMAT = "matter-patch-store"
+VERSION = 1
+ROLES = ("anchor", "positive", "negative")
+TRIPLETS_PER_CHUNK = 64
+
+
+class PatchStoreError(ValueError):
+    """The patch store is missing, malformed, or does not match what the caller expects."""
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What every shard of a store shares."""
+
+    bands: tuple[str, ...]
+    patch_size: int
+    dtype: str = "float32"
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "bands": list(self.bands),
+            "patch_size": self.patch_size,
+            "dtype": self.dtype,
+        }
+
+
+def read_info(root: str | Path) -> StoreInfo:
+    """Read ``store.json``; raise a PatchStoreError that says what to do when it is absent."""
+    path = Path(root) / "store.json"
+    if not path.exists():
+        raise PatchStoreError(
+            f"no patch store at {root}: {path.name} is missing. Materialise `patch_triplets` "
+            "first (or point the config's `patch_store` at an existing store)."
+        )
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise PatchStoreError(
+            f"{path} is not a {FORMAT} v{VERSION} store (found {meta.get('format')} "
+            f"v{meta.get('version')})"
+        )
+    return StoreInfo(tuple(meta["bands"]), int(meta["patch_size"]), meta.get("dtype", "float32"))
+
+
+def write_shard(
+    root: str | Path,
+    shard_id: str,
+    info: StoreInfo,
+    anchor: np.ndarray,
+    positive: np.ndarray,
+    negative: np.ndarray,
+    patches: pd.DataFrame,
+) -> Path:
+    """Write one shard atomically and return its path.
+
+    The arrays are (N, C, S, S) with C = len(info.bands) and S = info.patch_size; ``patches``
+    has N rows. An existing shard with the same id is replaced whole.
+    """
+    root = Path(root)
+    if shard_id.startswith(".") or "/" in shard_id:
+        raise PatchStoreError(f"shard id {shard_id!r} must not start with '.' or contain '/'")
+    expected = (len(info.bands), info.patch_size, info.patch_size)
+    n = len(patches)
+    for role, array in zip(ROLES, (anchor, positive, negative), strict=True):
+        if array.shape != (n, *expected):
+            raise PatchStoreError(
+                f"{role} has shape {array.shape}, expected {(n, *expected)} "
+                f"({n} rows in the patch table, bands {list(info.bands)})"
+            )
+        if not np.isfinite(array).all():
+            raise PatchStoreError(f"{role} holds NaN or infinite values; fill invalid pixels first")
+    (root / "shards").mkdir(parents=True, exist_ok=True)
+    store_json = root / "store.json"
+    if store_json.exists():
+        existing = read_info(root)
+        if existing != info:
+            raise PatchStoreError(
+                f"{root} holds patches with bands {list(existing.bands)} and size "
+                f"{existing.patch_size}; this shard has {list(info.bands)} and {info.patch_size}. "
+                "Use a new store root or re-tile every partition with the same settings."
+            )
+    else:
+        atomic_write_text(store_json, json.dumps(info.to_json(), indent=2))
+
+    final = root / "shards" / shard_id
+    with atomic_directory(final) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        for role, array in zip(ROLES, (anchor, positive, negative), strict=True):
+            z = group.create_array(
+                role,
+                shape=array.shape,
+                dtype=info.dtype,
+                chunks=(max(1, min(TRIPLETS_PER_CHUNK, n)), *expected),
+                compressors=zarr.codecs.ZstdCodec(level=3),
+            )
+            if n:
+                z[:] = array.astype(info.dtype, copy=False)
+        patches.to_csv(tmp / "patches.csv", index=False)
+    return final
+
+
+def shard_ids(root: str | Path) -> list[str]:
+    """The complete shards of a store, sorted (temporary and trashed shards are skipped)."""
+    shards = Path(root) / "shards"
+    if not shards.is_dir():
+        return []
+    return sorted(p.name for p in shards.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def read_patches(root: str | Path) -> pd.DataFrame:
+    """The patch table of every shard, with a ``shard`` and a ``index_in_shard`` column."""
+    tables = []
+    for shard in shard_ids(root):
+        table = pd.read_csv(Path(root) / "shards" / shard / "patches.csv")
+        table.insert(0, "index_in_shard", np.arange(len(table)))
+        table.insert(0, "shard", shard)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+class TripletDataset(Dataset):
+    """Anchor / positive / negative patches of a store, as float32 tensors (C, S, S).
+
+    ``bands`` selects and orders bands by name; a band the store lacks is an error naming both
+    lists. Shards are opened lazily in each DataLoader worker.
+    """
+
+    def __init__(self, root: str | Path, bands: list[str] | None = None) -> None:
+        self.root = Path(root)
+        self.info = read_info(self.root)
+        wanted = list(bands) if bands is not None else list(self.info.bands)
+        missing = [b for b in wanted if b not in self.info.bands]
+        if missing:
+            raise PatchStoreError(
+                f"the model wants bands {wanted} but the store at {self.root} holds "
+                f"{list(self.info.bands)} (missing {missing}); re-tile with these bands or change "
+                "the model config's `bands`."
+            )
+        self.band_index = [self.info.bands.index(b) for b in wanted]
+        self.patches = read_patches(self.root)
+        if self.patches.empty:
+            raise PatchStoreError(f"the patch store at {self.root} has no patches")
+        self._index = self.patches[["shard", "index_in_shard"]].to_numpy()
+        self._groups: dict[str, zarr.Group] = {}
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def _group(self, shard: str) -> zarr.Group:
+        if shard not in self._groups:
+            self._groups[shard] = zarr.open_group(self.root / "shards" / shard, mode="r")
+        return self._groups[shard]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        shard, j = self._index[i]
+        group = self._group(shard)
+        return {
+            role: torch.from_numpy(np.ascontiguousarray(group[role][int(j)][self.band_index]))
+            for role in ROLES
+        }

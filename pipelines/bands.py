@@ -1,0 +1,85 @@
+"""One band vocabulary for Sentinel-2 L2A across STAC providers.
+
+Bands are named by their ESA names (``B02``); each provider names the same asset differently:
+Earth Search v1 uses common names (``blue``), Planetary Computer the ESA names (``B02``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Band:
+    """A Sentinel-2 L2A band: its ESA name, Earth Search v1 asset key, and native resolution."""
+
+    name: str
+    earth_search_key: str
+    resolution_m: int
+    center_wavelength_um: float | None = None
+
+
+SPECTRAL_BANDS: tuple[Band, ...] = (
+    Band("B01", "coastal", 60, 0.443),
+    Band("B02", "blue", 10, 0.490),
+    Band("B03", "green", 10, 0.560),
+    Band("B04", "red", 10, 0.665),
+    Band("B05", "rededge1", 20, 0.704),
+    Band("B06", "rededge2", 20, 0.740),
+    Band("B07", "rededge3", 20, 0.783),
+    Band("B08", "nir", 10, 0.842),
+    Band("B8A", "nir08", 20, 0.865),
+    Band("B09", "nir09", 60, 0.945),
+    Band("B11", "swir16", 20, 1.610),
+    Band("B12", "swir22", 20, 2.190),
+)
+SCL = Band("SCL", "scl", 20)
+BANDS_BY_NAME: dict[str, Band] = {b.name: b for b in (*SPECTRAL_BANDS, SCL)}
+
+# The nine bands of the MATTER authors' released code.
+MATTER_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12")
+
+# Asset key of each band per provider; ``None`` for a provider means "the ESA name".
+PROVIDER_ASSET_KEYS: dict[str, dict[str, str]] = {
+    "earth-search": {b.name: b.earth_search_key for b in (*SPECTRAL_BANDS, SCL)},
+    "planetary-computer": {b.name: b.name for b in (*SPECTRAL_BANDS, SCL)},
+}
+
+# Scene Classification Layer classes (ESA L2A product definition).
+SCL_CLASSES: dict[int, str] = {
+    0: "no_data",
+    1: "saturated_or_defective",
+    2: "dark_area",
+    3: "cloud_shadow",
+    4: "vegetation",
+    5: "not_vegetated",
+    6: "water",
+    7: "unclassified",
+    8: "cloud_medium_probability",
+    9: "cloud_high_probability",
+    10: "thin_cirrus",
+    11: "snow",
+}
+SCL_INVALID_DEFAULT: tuple[int, ...] = (0, 1, 3, 8, 9, 10, 11)
+
+
+def band(name: str) -> Band:
+    """Look a band up by ESA name, with an error that lists the known names."""
+    try:
+        return BANDS_BY_NAME[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown Sentinel-2 L2A band {name!r}; known bands: {', '.join(BANDS_BY_NAME)}"
+        ) from None
+
+
+def asset_key(item: dict, band_name: str) -> str:
+    """The asset key that holds ``band_name`` in this STAC item, whichever provider made it."""
+    for keys in PROVIDER_ASSET_KEYS.values():
+        key = keys.get(band_name)
+        if key is not None and key in item.get("assets", {}):
+            return key
+    raise KeyError(
+        f"item {item.get('id')!r} has no asset for band {band_name}; its assets are "
+        f"{sorted(item.get('assets', {}))}"
+    )
