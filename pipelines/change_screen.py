@@ -39,7 +39,7 @@ def pixel_change_score(
     if valid.sum() < 16:
         return np.full(valid.shape, np.nan, dtype=np.float32)
     diff = _standardised(image_a, valid) - _standardised(image_b, valid)
-    magnitude = np.sqrt(np.nanmean(np.square(diff), axis=0))
+    magnitude = np.sqrt(np.mean(np.square(np.nan_to_num(diff)), axis=0))
     magnitude = np.where(valid, magnitude, 0.0)
     weight = ndimage.uniform_filter(valid.astype(np.float32), size=3)
     smoothed = ndimage.uniform_filter(magnitude, size=3) / np.maximum(weight, 1e-6)

@@ -25,7 +25,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
-from scipy import ndimage
+from scipy import ndimage, optimize
 
 from matter_model.atomic_io import atomic_directory
 from pipelines.bands import SCL, SCL_INVALID_DEFAULT, SPECTRAL_BANDS, asset_key, band
@@ -193,37 +193,38 @@ def mosaic_by_date(
 
 
 def estimate_shift(reference: np.ndarray, moving: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Sub-pixel (dy, dx) by which ``moving`` is displaced from ``reference`` (phase correlation).
+    """Sub-pixel (dy, dx) such that ``moving`` ~ ``reference`` shifted by (dy, dx).
 
-    Invalid pixels are set to the valid mean so that clouds do not dominate; a Hann window
-    suppresses the image border; the peak is refined by a parabola through its neighbours, and
-    the estimate is refined once more after correcting the integer part and the first guess.
+    The integer part comes from the phase-correlation peak (invalid pixels set to the valid mean,
+    a Hann window against border effects); the sub-pixel part from maximising the correlation of
+    the standardised images over pixels valid in both, with cubic-spline resampling. Standardising
+    makes the estimate blind to gain and offset between dates.
     """
-    window = np.outer(np.hanning(reference.shape[0]), np.hanning(reference.shape[1]))
 
-    def prepared(image: np.ndarray) -> np.ndarray:
-        filled = np.where(valid, image, image[valid].mean())
-        return (filled - filled.mean()) * window
+    def standardised(image: np.ndarray) -> np.ndarray:
+        values = image[valid]
+        return np.where(valid, (image - values.mean()) / max(values.std(), 1e-9), 0.0)
 
-    ref = np.fft.fft2(prepared(reference))
-    shift = np.zeros(2)
-    for _ in range(2):
-        current = ndimage.shift(moving, -shift, order=1, mode="nearest")
-        cross = np.fft.fft2(prepared(current)) * np.conj(ref)
-        surface = np.fft.ifft2(cross / (np.abs(cross) + 1e-12)).real
-        peak = np.array(np.unravel_index(np.argmax(surface), surface.shape))
-        delta = np.zeros(2)
-        for axis in range(2):
-            before, after = peak.copy(), peak.copy()
-            before[axis] -= 1
-            after[axis] = (after[axis] + 1) % surface.shape[axis]
-            lo, mid, hi = surface[tuple(before)], surface[tuple(peak)], surface[tuple(after)]
-            denominator = lo - 2 * mid + hi
-            delta[axis] = 0.5 * (lo - hi) / denominator if denominator != 0 else 0.0
-        size = np.array(surface.shape)
-        integer = np.where(peak > size // 2, peak - size, peak)
-        shift = shift + integer + delta
-    return shift
+    ref, mov = standardised(reference), standardised(moving)
+    window = np.outer(np.hanning(ref.shape[0]), np.hanning(ref.shape[1]))
+    cross = np.fft.fft2(mov * window) * np.conj(np.fft.fft2(ref * window))
+    surface = np.fft.ifft2(cross / (np.abs(cross) + 1e-12)).real
+    peak = np.array(np.unravel_index(np.argmax(surface), surface.shape))
+    size = np.array(surface.shape)
+    integer = np.where(peak > size // 2, peak - size, peak).astype(np.float64)
+
+    margin = int(np.ceil(np.abs(integer).max())) + 3
+    inner = (slice(margin, -margin), slice(margin, -margin))
+    inner_valid = valid[inner]
+
+    def misfit(shift: np.ndarray) -> float:
+        back = ndimage.shift(mov, -shift, order=3, mode="nearest")[inner]
+        return -float(np.mean(back[inner_valid] * ref[inner][inner_valid]))
+
+    result = optimize.minimize(misfit, integer, method="Powell",
+                               bounds=[(v - 1.5, v + 1.5) for v in integer],
+                               options={"xtol": 1e-3, "ftol": 1e-7})
+    return np.asarray(result.x)
 
 
 def coregister(

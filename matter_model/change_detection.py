@@ -1,0 +1,366 @@
+"""Unsupervised change detection, as the MATTER authors evaluated it on OSCD.
+
+For a pair of co-registered images of one place at two dates:
+
+1. a feature extractor maps each image ``(C, H, W)`` to per-pixel features ``(E, H, W)``;
+2. the change score of a pixel is the L2 distance between its two feature vectors;
+3. the score map is smoothed by a Gaussian (``sigma`` in pixels; 0 disables it);
+4. Otsu's threshold, computed over the valid pixels of that pair alone, splits it:
+   change = score > threshold.
+
+Precision, recall and F1 are those of the CHANGE class. They are kept as confusion counts so that
+per-pair figures and the micro figures (counts summed over every valid pixel of every pair, as
+the authors report them) come from the same code.
+
+The authors' release names the 13 x 13 window, the Gaussian smoothing and Otsu, but not the
+Gaussian's width: ``DEFAULT_SIGMA = 1.0`` is this project's choice.
+
+Feature extractors are plain callables ``(image (C, H, W) float32) -> (E, H, W)``:
+:func:`cva_features` (change vector analysis on per-image standardised bands) and
+:func:`model_features` (dense embeddings of a MATTER model).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from matter_model.atomic_io import atomic_write_bytes
+
+FeatureExtractor = Callable[[np.ndarray], np.ndarray]
+
+DEFAULT_SIGMA = 1.0
+DEFAULT_BINS = 256
+# IQR of a standard normal: dividing by IQR / 1.349 gives a robust, std-like scale.
+_IQR_TO_STD = 1.3489795
+
+
+@dataclass(frozen=True)
+class ChangePair:
+    """Two co-registered images ``(C, H, W)`` of one place, the change truth and a valid mask."""
+
+    name: str
+    image_1: np.ndarray
+    image_2: np.ndarray
+    truth: np.ndarray
+    valid: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_1.ndim != 3 or self.image_1.shape != self.image_2.shape:
+            raise ValueError(
+                f"pair {self.name!r}: images must be (C, H, W) of one shape, got "
+                f"{self.image_1.shape} and {self.image_2.shape}"
+            )
+        hw = self.image_1.shape[1:]
+        if self.truth.shape != hw:
+            raise ValueError(f"pair {self.name!r}: truth {self.truth.shape} != images {hw}")
+        if self.valid is not None and self.valid.shape != hw:
+            raise ValueError(f"pair {self.name!r}: valid {self.valid.shape} != images {hw}")
+
+
+@dataclass(frozen=True)
+class ConfusionCounts:
+    """Confusion counts of the change class; ``+`` sums them (micro averaging)."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    tn: int = 0
+
+    def __add__(self, other: ConfusionCounts) -> ConfusionCounts:
+        return ConfusionCounts(
+            self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn
+        )
+
+    @property
+    def precision(self) -> float:
+        """tp / (tp + fp); 0 when nothing was predicted as change."""
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
+
+    @property
+    def recall(self) -> float:
+        """tp / (tp + fn); 0 when the truth holds no change."""
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
+
+    @property
+    def f1(self) -> float:
+        """Harmonic mean of precision and recall; 0 when both are 0."""
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        """Precision, recall, F1 and the four counts, as plain Python numbers."""
+        return {
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "tp": self.tp,
+            "fp": self.fp,
+            "fn": self.fn,
+            "tn": self.tn,
+        }
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    """One method's output on one pair: smoothed score map, threshold, prediction, counts."""
+
+    distance: np.ndarray
+    threshold: float
+    prediction: np.ndarray
+    counts: ConfusionCounts
+
+
+def confusion_counts(
+    prediction: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None
+) -> ConfusionCounts:
+    """Count tp / fp / fn / tn of the change class over the valid pixels (all when ``None``)."""
+    pred = np.asarray(prediction, dtype=bool)
+    true = np.asarray(truth, dtype=bool)
+    if pred.shape != true.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {true.shape} differ in shape")
+    if valid is not None:
+        keep = np.asarray(valid, dtype=bool)
+        pred, true = pred[keep], true[keep]
+    tp = int(np.count_nonzero(pred & true))
+    fp = int(np.count_nonzero(pred & ~true))
+    fn = int(np.count_nonzero(~pred & true))
+    return ConfusionCounts(tp, fp, fn, int(pred.size) - tp - fp - fn)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = DEFAULT_BINS) -> float:
+    """Otsu's threshold of ``values`` (finite ones), from a ``bins``-bin histogram.
+
+    Returns the upper edge of the last bin of the lower class, so ``values > threshold`` is
+    exactly the upper class of the histogram split that maximises the between-class variance.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise ValueError("Otsu threshold of an empty set of values")
+    lo, hi = float(v.min()), float(v.max())
+    if lo == hi:
+        return lo
+    counts, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(counts)[:-1].astype(np.float64)
+    w1 = v.size - w0
+    s0 = np.cumsum(counts * centres)[:-1]
+    mu0 = s0 / np.maximum(w0, 1)
+    mu1 = (np.sum(counts * centres) - s0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def standardize(image: np.ndarray, robust: bool = True) -> np.ndarray:
+    """Standardise each band of ``(C, H, W)`` over the image's finite pixels, as float32.
+
+    Robust (default): subtract the median and divide by IQR / 1.349 (a std-like scale that
+    ignores outliers such as clouds); otherwise mean and std. A flat band is only centred.
+    """
+    x = np.asarray(image, dtype=np.float32)
+    out = np.empty_like(x)
+    for c, band in enumerate(x):
+        finite = band[np.isfinite(band)]
+        if finite.size == 0:
+            raise ValueError(f"band {c} has no finite pixel")
+        if robust:
+            q1, centre, q3 = np.percentile(finite, [25, 50, 75])
+            scale = (q3 - q1) / _IQR_TO_STD
+        else:
+            centre, scale = finite.mean(), finite.std()
+        out[c] = (band - centre) / (scale if scale > 0 else 1.0)
+    return out
+
+
+def cva_features(image: np.ndarray) -> np.ndarray:
+    """Change vector analysis: the per-image robustly standardised bands are the features.
+
+    The L2 distance between two dates is then the CVA magnitude of the normalised bands, which
+    ignores a global gain or offset of each band between dates.
+    """
+    return standardize(image, robust=True)
+
+
+def model_features(
+    model: Any,
+    window: int = 13,
+    device: str = "cpu",
+    tile: int = 512,
+    margin: int | None = None,
+    normalize: Callable[[np.ndarray], np.ndarray] = standardize,
+) -> FeatureExtractor:
+    """A feature extractor running ``model.embed(x, window)`` over a whole image.
+
+    The image is first normalised by ``normalize`` (default: per-image, per-band robust
+    standardisation, because OSCD holds L1C top-of-atmosphere reflectance while pretraining
+    sees L2A surface reflectance patches; pass the training normalisation instead if the model
+    was trained on it). Images larger than ``tile`` are embedded in tiles of ``tile`` pixels
+    plus ``margin`` (default ``2 * window``) of context on each side, of which only the centre
+    is kept, under ``torch.no_grad``.
+    """
+    import torch
+
+    ctx = 2 * window if margin is None else margin
+
+    def extract(image: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(normalize(image), dtype=np.float32))
+        _, h, w = x.shape
+        out: np.ndarray | None = None
+        was_training = getattr(model, "training", False)
+        if hasattr(model, "eval"):
+            model.eval()
+        try:
+            with torch.no_grad():
+                for y0 in range(0, h, tile):
+                    for x0 in range(0, w, tile):
+                        y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+                        ya, xa = max(y0 - ctx, 0), max(x0 - ctx, 0)
+                        yb, xb = min(y1 + ctx, h), min(x1 + ctx, w)
+                        crop = x[None, :, ya:yb, xa:xb].to(device)
+                        emb = model.embed(crop, window)[0].float().cpu().numpy()
+                        if out is None:
+                            out = np.empty((emb.shape[0], h, w), dtype=np.float32)
+                        out[:, y0:y1, x0:x1] = emb[:, y0 - ya : y1 - ya, x0 - xa : x1 - xa]
+        finally:
+            if was_training and hasattr(model, "train"):
+                model.train()
+        assert out is not None
+        return out
+
+    return extract
+
+
+def model_features_from_checkpoint(
+    checkpoint_path: str | Path, window: int = 13, device: str = "cpu", tile: int = 512
+) -> tuple[FeatureExtractor, tuple[str, ...]]:
+    """Load a MATTER checkpoint; return its feature extractor and the bands it expects."""
+    from matter_model.train import load_model  # imported here: the training module is optional
+
+    model, config = load_model(checkpoint_path)
+    model.to(device)
+    extractor = model_features(model, window=window, device=device, tile=tile)
+    return extractor, tuple(config["bands"])
+
+
+def feature_distance(features_1: np.ndarray, features_2: np.ndarray) -> np.ndarray:
+    """Per-pixel L2 distance ``(H, W)`` between two feature maps ``(E, H, W)``."""
+    if features_1.shape != features_2.shape:
+        raise ValueError(f"feature maps differ in shape: {features_1.shape} vs {features_2.shape}")
+    diff = features_1.astype(np.float32) - features_2.astype(np.float32)
+    return np.sqrt(np.einsum("ehw,ehw->hw", diff, diff))
+
+
+def detect_changes(
+    pair: ChangePair,
+    extractor: FeatureExtractor,
+    sigma: float = DEFAULT_SIGMA,
+    bins: int = DEFAULT_BINS,
+) -> ChangeResult:
+    """Feature distance, Gaussian smoothing, Otsu over the valid pixels, counts against truth."""
+    distance = feature_distance(extractor(pair.image_1), extractor(pair.image_2))
+    if sigma > 0:
+        distance = ndimage.gaussian_filter(distance, sigma=sigma, mode="reflect")
+    valid = np.isfinite(distance)
+    if pair.valid is not None:
+        valid &= pair.valid.astype(bool)
+    threshold = otsu_threshold(distance[valid], bins=bins)
+    prediction = (distance > threshold) & valid
+    return ChangeResult(
+        distance, threshold, prediction, confusion_counts(prediction, pair.truth, valid)
+    )
+
+
+def evaluate_pairs(
+    pairs: Iterable[ChangePair],
+    methods: dict[str, FeatureExtractor],
+    sigma: float = DEFAULT_SIGMA,
+    bins: int = DEFAULT_BINS,
+    on_result: Callable[[str, ChangePair, ChangeResult], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run every method on every pair (one pass over ``pairs``, so they may stream).
+
+    Returns ``{method: {"per_pair": {name: {precision, recall, f1, threshold, tp, fp, fn, tn}},
+    "micro": {precision, recall, f1, tp, fp, fn, tn}}}``; micro figures come from the counts
+    summed over all pairs. ``on_result(method, pair, result)`` sees each result (e.g. to render
+    a preview) before it is dropped.
+    """
+    per_pair: dict[str, dict[str, dict[str, float | int]]] = {m: {} for m in methods}
+    totals = {m: ConfusionCounts() for m in methods}
+    for pair in pairs:
+        for method, extractor in methods.items():
+            if pair.name in per_pair[method]:
+                raise ValueError(f"pair name {pair.name!r} occurs twice")
+            result = detect_changes(pair, extractor, sigma=sigma, bins=bins)
+            per_pair[method][pair.name] = {
+                **result.counts.as_dict(),
+                "threshold": result.threshold,
+            }
+            totals[method] = totals[method] + result.counts
+            if on_result is not None:
+                on_result(method, pair, result)
+    return {m: {"per_pair": per_pair[m], "micro": totals[m].as_dict()} for m in methods}
+
+
+def rgb_preview(image: np.ndarray, rgb: tuple[int, int, int] = (2, 1, 0)) -> np.ndarray:
+    """An ``(H, W, 3)`` float image in [0, 1]: bands ``rgb`` stretched between their 2-98 %."""
+    out = np.empty((*image.shape[1:], 3), dtype=np.float32)
+    for k, c in enumerate(rgb):
+        band = image[c].astype(np.float32)
+        lo, hi = np.nanpercentile(band, [2, 98])
+        out[..., k] = np.clip((band - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    return np.nan_to_num(out)
+
+
+def render_change_map(
+    pair: ChangePair,
+    prediction: np.ndarray,
+    path: str | Path | None = None,
+    rgb: tuple[int, int, int] = (2, 1, 0),
+    title: str | None = None,
+) -> bytes:
+    """PNG of date 1, date 2 (RGB), truth and prediction side by side; written atomically.
+
+    Prediction colours: white = true change, red = false alarm, blue = missed change, grey =
+    invalid. ``rgb`` are the band indices of red, green and blue (B04, B03, B02 in the
+    authors' 9-band order).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    truth = pair.truth.astype(bool)
+    pred = prediction.astype(bool)
+    errors = np.zeros((*truth.shape, 3), dtype=np.float32)
+    errors[pred & truth] = (1, 1, 1)
+    errors[pred & ~truth] = (1, 0, 0)
+    errors[~pred & truth] = (0, 0.4, 1)
+    if pair.valid is not None:
+        errors[~pair.valid.astype(bool)] = (0.5, 0.5, 0.5)
+
+    fig = Figure(figsize=(16, 4.4), dpi=100)
+    FigureCanvasAgg(fig)
+    panels = [
+        (rgb_preview(pair.image_1, rgb), "date 1"),
+        (rgb_preview(pair.image_2, rgb), "date 2"),
+        (truth, "truth"),
+        (errors, "prediction (white TP, red FP, blue FN)"),
+    ]
+    for k, (img, name) in enumerate(panels):
+        ax = fig.add_subplot(1, 4, k + 1)
+        ax.imshow(img, cmap="gray", interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle(title or pair.name)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    data = buf.getvalue()
+    if path is not None:
+        atomic_write_bytes(path, data)
+    return data

@@ -1,0 +1,66 @@
+"""Atomic training checkpoints and loading a trained model for downstream use."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from matter_model.matter import Matter, create_model
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or lacks what the caller needs."""
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically (a temporary file, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint``; a clear error names a bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: train first or fix the path")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {exc}") from exc
+    missing = [key for key in ("model", "config") if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}; it is not a MATTER checkpoint")
+    return state
+
+
+def build_model(config: dict[str, Any]) -> Matter:
+    """The model a training config describes (``config['model']`` plus ``config['bands']``)."""
+    params = dict(config["model"])
+    return create_model(params.pop("name"), bands=list(config["bands"]), **params)
+
+
+def load_model(
+    checkpoint_path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[Matter, dict[str, Any]]:
+    """The trained model (in eval mode) and its training config from a checkpoint."""
+    state = load_checkpoint(checkpoint_path, map_location)
+    config = state["config"]
+    try:
+        model = build_model(config)
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {checkpoint_path} does not match its model config: {exc}"
+        ) from exc
+    return model.to(map_location).eval(), config

@@ -1,0 +1,1 @@
+"""Readers of the downstream evaluation datasets in their official layouts."""

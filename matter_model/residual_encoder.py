@@ -1,0 +1,81 @@
+"""Surface Residual Encoder: a dense, window-wise Deep-TEN encoding layer.
+
+For pixel features x_n (dim D), learned cluster centres q_v and smoothing factors s_v
+(v = 0..Y-1), the soft assignments are ``theta_nv = softmax_v(-s_v ||x_n - q_v||^2)``. For the
+window W (``window`` x ``window``, cut at the image border) around every pixel the residuals
+aggregate to
+
+    e_v = sum_{n in W} theta_nv (x_n - q_v) = sum_{n in W} theta_nv x_n - (sum_{n in W} theta_nv) q_v,
+
+computed for every pixel at once with stride-1 box sums. The flattened (Y*D) vector is
+L2-normalised and projected to E dims: ``(sum_v P_v e_v) / ||e|| + b``. The loop over codewords
+accumulates both sums, so no (B, N, Y, D) residual tensor exists; during training each codeword's
+step is checkpointed, so backward recomputes it instead of keeping Y copies of (B, D, H, W).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Sum of ``x`` over the window x window neighbourhood of each pixel (zeros outside)."""
+    return F.avg_pool2d(
+        x, window, stride=1, padding=window // 2, count_include_pad=True, divisor_override=1
+    )
+
+
+def _codeword_step(
+    features: torch.Tensor,
+    theta: torch.Tensor,
+    centre: torch.Tensor,
+    projection: torch.Tensor,
+    window: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One codeword's projected residual (B, E, H, W) and squared norm (B, 1, H, W)."""
+    residual = box_sum(theta * features, window) - box_sum(theta, window) * centre.view(1, -1, 1, 1)
+    projected = F.conv2d(residual, projection[:, :, None, None])
+    return projected, residual.square().sum(1, keepdim=True)
+
+
+class ResidualEncoder(nn.Module):
+    """Dense residual encoding: ``forward(features (B, D, H, W), window) -> (B, E, H, W)``."""
+
+    def __init__(self, dim: int, codewords: int, embed_dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        bound = 1.0 / (codewords * dim) ** 0.5
+        self.centres = nn.Parameter(torch.empty(codewords, dim).uniform_(-bound, bound))
+        self.smoothing = nn.Parameter(torch.empty(codewords).uniform_(0.0, 1.0))
+        self.projection = nn.Parameter(
+            torch.randn(codewords, embed_dim, dim) / (codewords * dim) ** 0.5
+        )
+        self.bias = nn.Parameter(torch.zeros(embed_dim))
+
+    def assignments(self, features: torch.Tensor) -> torch.Tensor:
+        """Soft assignments theta (B, Y, H, W) of every pixel to every codeword."""
+        dots = F.conv2d(features, self.centres[:, :, None, None])
+        dist2 = (
+            features.square().sum(1, keepdim=True)
+            - 2 * dots
+            + self.centres.square().sum(1).view(1, -1, 1, 1)
+        )
+        return torch.softmax(-self.smoothing.view(1, -1, 1, 1) * dist2, dim=1)
+
+    def forward(self, features: torch.Tensor, window: int) -> torch.Tensor:
+        if window < 1 or window % 2 == 0:
+            raise ValueError(f"window must be a positive odd number of pixels, got {window}")
+        theta = self.assignments(features)
+        projected = norm2 = None
+        for v in range(self.centres.shape[0]):
+            args = (features, theta[:, v : v + 1], self.centres[v], self.projection[v], window)
+            if torch.is_grad_enabled():
+                p, n = checkpoint(_codeword_step, *args, use_reentrant=False)
+            else:
+                p, n = _codeword_step(*args)
+            projected = p if projected is None else projected + p
+            norm2 = n if norm2 is None else norm2 + n
+        return projected / (norm2 + self.eps).sqrt() + self.bias.view(1, -1, 1, 1)
