@@ -53,8 +53,9 @@ class ProjectConfig:
         for region in self.regions:
             if region.name == name:
                 return region
-        raise ConfigError(f"region {name!r} is not in {self.path}; known: "
-                          f"{[r.name for r in self.regions]}")
+        raise ConfigError(
+            f"region {name!r} is not in {self.path}; known: {[r.name for r in self.regions]}"
+        )
 
 
 def parse_config(raw: dict[str, Any], path: Path) -> ProjectConfig:
@@ -72,13 +73,24 @@ def parse_config(raw: dict[str, Any], path: Path) -> ProjectConfig:
             )
         if "|" in name or "," in name:
             raise ConfigError(f"{path}: region name {name!r} must not contain '|' or ','")
-        regions.append(Region(name, tuple(float(v) for v in bbox),
-                              tuple(entry.get("mgrs_tiles", ()))))
+        regions.append(
+            Region(name, tuple(float(v) for v in bbox), tuple(entry.get("mgrs_tiles", ())))
+        )
     if len({r.name for r in regions}) != len(regions):
         raise ConfigError(f"{path}: region names must be unique")
-    sections = {k: raw.get(k, {}) or {} for k in
-                ("stac", "time_windows", "grid", "screen", "tiling", "training", "evaluation",
-                 "storage")}
+    sections = {
+        k: raw.get(k, {}) or {}
+        for k in (
+            "stac",
+            "time_windows",
+            "grid",
+            "screen",
+            "tiling",
+            "training",
+            "evaluation",
+            "storage",
+        )
+    }
     return ProjectConfig(path=path, regions=tuple(regions), **sections)
 
 

@@ -21,8 +21,11 @@ defs = dg.Definitions(
     schedules=[dataset_refresh],
     resources={
         "store": _store,
-        "stac": StacApi(endpoint=CONFIG.stac.get("endpoint", "demo"),
-                        demo_world_root=str(_store.demo_world)),
+        "stac": StacApi(
+            endpoint=CONFIG.stac.get("endpoint", "demo"),
+            demo_world_root=str(_store.demo_world),
+            demo_world_spec=CONFIG.stac.get("demo_world_spec", "default"),
+        ),
         "pipes": dg.PipesSubprocessClient(),
     },
 )

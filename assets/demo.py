@@ -28,8 +28,11 @@ def run_chain(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
             asset_selection=[dg.AssetKey(a) for a in DATASET_ASSETS],
             raise_on_error=False,
         )
-        print(f"partition {key}: {'ok' if result.success else 'FAILED'} "
-              f"({time.monotonic() - started:.1f} s)", flush=True)
+        print(
+            f"partition {key}: {'ok' if result.success else 'FAILED'} "
+            f"({time.monotonic() - started:.1f} s)",
+            flush=True,
+        )
         if not result.success:
             return result
     return job.execute_in_process(

@@ -1,7 +1,5 @@
 """Imagery assets: Sentinel-2 L2A items from STAC, and their co-registered stack per partition."""
 
-from __future__ import annotations
-
 import json
 
 import dagster as dg
@@ -18,8 +16,9 @@ GROUP = "imagery"
 
 
 @dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, kinds={"stac"})
-def stac_items(context: dg.AssetExecutionContext, stac: StacApi,
-               store: DataStore) -> dg.MaterializeResult:
+def stac_items(
+    context: dg.AssetExecutionContext, stac: StacApi, store: DataStore
+) -> dg.MaterializeResult:
     """Sentinel-2 L2A items over the region in the time window, under the cloud-cover limit."""
     part = region_window(context)
     region = CONFIG.region(part.region)
@@ -36,19 +35,20 @@ def stac_items(context: dg.AssetExecutionContext, stac: StacApi,
     path = store.items(part.region, part.window)
     atomic_write_text(path, json.dumps({"type": "FeatureCollection", "features": items}))
     clouds = [it["properties"]["eo:cloud_cover"] for it in items]
-    return dg.MaterializeResult(metadata={
-        "items": len(items),
-        "dates": sorted({it["properties"]["datetime"][:10] for it in items}),
-        "tiles": sorted({it["properties"].get("grid:code", "?") for it in items}),
-        "mean_cloud_cover_pct": float(np.mean(clouds)),
-        "endpoint": request.url if not stac.is_demo else "demo world (rustac serve)",
-        "path": dg.MetadataValue.path(str(path)),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "items": len(items),
+            "dates": sorted({it["properties"]["datetime"][:10] for it in items}),
+            "tiles": sorted({it["properties"].get("grid:code", "?") for it in items}),
+            "mean_cloud_cover_pct": float(np.mean(clouds)),
+            "endpoint": request.url if not stac.is_demo else "demo world (rustac serve)",
+            "path": dg.MetadataValue.path(str(path)),
+        }
+    )
 
 
 @dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, deps=[stac_items], kinds={"zarr"})
-def coregistered_stack(context: dg.AssetExecutionContext,
-                       store: DataStore) -> dg.MaterializeResult:
+def coregistered_stack(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
     """The partition's dates on one 10 m UTM grid, shifts corrected, SCL valid mask, in zarr."""
     part = region_window(context)
     region = CONFIG.region(part.region)
@@ -70,17 +70,21 @@ def coregistered_stack(context: dg.AssetExecutionContext,
         path.with_suffix(".png"),
     )
     nbytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return dg.MaterializeResult(metadata={
-        "dates": dates,
-        "crs": stack.attrs["crs"],
-        "shape_px": [grid.height, grid.width],
-        "valid_fraction": dg.MetadataValue.json(
-            dict(zip(dates, stack.valid_fraction.values.round(4).tolist(), strict=True))),
-        "cloud_fraction_mean": float(1 - stack.valid_fraction.values.mean()),
-        "shift_px": dg.MetadataValue.json(
-            dict(zip(dates, stack.shift_px.values.round(3).tolist(), strict=True))),
-        "max_abs_shift_px": float(np.abs(stack.shift_px.values).max()),
-        "bytes_written": nbytes,
-        "path": dg.MetadataValue.path(str(path)),
-        **png_metadata(png, path.with_suffix(".png")),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "dates": dates,
+            "crs": stack.attrs["crs"],
+            "shape_px": [grid.height, grid.width],
+            "valid_fraction": dg.MetadataValue.json(
+                dict(zip(dates, stack.valid_fraction.values.round(4).tolist(), strict=True))
+            ),
+            "cloud_fraction_mean": float(1 - stack.valid_fraction.values.mean()),
+            "shift_px": dg.MetadataValue.json(
+                dict(zip(dates, stack.shift_px.values.round(3).tolist(), strict=True))
+            ),
+            "max_abs_shift_px": float(np.abs(stack.shift_px.values).max()),
+            "bytes_written": nbytes,
+            "path": dg.MetadataValue.path(str(path)),
+            **png_metadata(png, path.with_suffix(".png")),
+        }
+    )

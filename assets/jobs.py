@@ -1,7 +1,5 @@
 """Jobs and schedules: the whole chain, the dataset refresh, and pretraining + evaluation."""
 
-from __future__ import annotations
-
 from collections.abc import Iterator
 
 import dagster as dg
@@ -37,9 +35,10 @@ pretrain_and_evaluate = dg.define_asset_job(
 )
 def dataset_refresh(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
     window = REGION_WINDOWS.get_partitions_def_for_dimension("window")
-    latest = window.get_last_partition_key(current_time=context.scheduled_execution_time)
-    if latest is None:
+    keys = window.get_partition_keys(current_time=context.scheduled_execution_time)
+    if not keys:
         return
+    latest = keys[-1]
     for region in CONFIG.regions:
         key = dg.MultiPartitionKey({"region": region.name, "window": latest})
         yield dg.RunRequest(run_key=f"{key}", partition_key=key)

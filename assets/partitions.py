@@ -26,10 +26,12 @@ def time_windows(config: ProjectConfig) -> dg.TimeWindowPartitionsDefinition:
 
 def region_partitions(config: ProjectConfig) -> dg.MultiPartitionsDefinition:
     """Every region crossed with every time window."""
-    return dg.MultiPartitionsDefinition({
-        "region": dg.StaticPartitionsDefinition([r.name for r in config.regions]),
-        "window": time_windows(config),
-    })
+    return dg.MultiPartitionsDefinition(
+        {
+            "region": dg.StaticPartitionsDefinition([r.name for r in config.regions]),
+            "window": time_windows(config),
+        }
+    )
 
 
 CONFIG = load_config()

@@ -1,7 +1,5 @@
 """Patch assets: the change screen of each partition and its anchor / positive / negative crops."""
 
-from __future__ import annotations
-
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -19,8 +17,9 @@ from pipelines.tiling import cut_triplets
 GROUP = "patches"
 
 
-@dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, deps=["coregistered_stack"],
-          kinds={"pandas"})
+@dg.asset(
+    partitions_def=REGION_WINDOWS, group_name=GROUP, deps=["coregistered_stack"], kinds={"pandas"}
+)
 def change_screen(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
     """The windows of the partition that stayed unchanged between every pair of its dates."""
     part = region_window(context)
@@ -48,15 +47,19 @@ def change_screen(context: dg.AssetExecutionContext, store: DataStore) -> dg.Mat
         truth = change_truth(store.demo_world, part.region, dates, stack_grid(stack))
         quality = screening_quality(table, window_truth(truth, int(settings.get("window", 32))))
         metadata.update({f"truth_{k}": v for k, v in quality.items()})
-    png = figure_png([("change score", np.where(np.isfinite(score), score, np.nan)),
-                      ("kept (white)", kept.astype(float))], path.with_suffix(".png"),
-                     cmap="magma")
+    png = figure_png(
+        [
+            ("change score", np.where(np.isfinite(score), score, np.nan)),
+            ("kept (white)", kept.astype(float)),
+        ],
+        path.with_suffix(".png"),
+        cmap="magma",
+    )
     metadata.update(png_metadata(png, path.with_suffix(".png")))
     return dg.MaterializeResult(metadata=metadata)
 
 
-@dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, deps=[change_screen],
-          kinds={"zarr"})
+@dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, deps=[change_screen], kinds={"zarr"})
 def patch_triplets(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
     """Anchor / positive / negative crops of the unchanged windows, one shard per partition."""
     part = region_window(context)

@@ -53,7 +53,10 @@ def markdown_table(rows: list[dict]) -> dg.MetadataValue:
     if not rows:
         return dg.MetadataValue.md("(empty)")
     columns = list(rows[0])
-    fmt = (lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
+
+    def fmt(value: object) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
     return dg.MetadataValue.md("\n".join(lines))

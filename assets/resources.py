@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from assets.config import endpoint_url
-from pipelines.demo_world import generate_demo_world
+from pipelines.demo_world import SPECS, generate_demo_world
 from pipelines.stac import StacServer
 
 
@@ -58,6 +58,7 @@ class StacApi(dg.ConfigurableResource):
 
     endpoint: str = "demo"
     demo_world_root: str = ".demo/data/demo_world"
+    demo_world_spec: str = "default"
     _url: str = PrivateAttr(default="")
 
     @property
@@ -76,8 +77,12 @@ class StacApi(dg.ConfigurableResource):
             self._url = endpoint_url(self.endpoint)
             yield self
             return
+        if self.demo_world_spec not in SPECS:
+            raise ValueError(
+                f"stac.demo_world_spec must be one of {sorted(SPECS)}, not {self.demo_world_spec!r}"
+            )
         root = Path(self.demo_world_root)
-        generate_demo_world(root)
+        generate_demo_world(root, SPECS[self.demo_world_spec])
         with StacServer([root / "collection.json", root / "items.json"]) as server:
             context.log.info(f"demo STAC API (rustac serve) at {server.url}")
             self._url = server.url

@@ -241,10 +241,9 @@ def model_features_from_checkpoint(
     checkpoint_path: str | Path, window: int = 13, device: str = "cpu", tile: int = 512
 ) -> tuple[FeatureExtractor, tuple[str, ...]]:
     """Load a MATTER checkpoint; return its feature extractor and the bands it expects."""
-    from matter_model.train import load_model  # imported here: the training module is optional
+    from matter_model.checkpoint import load_model  # imported here: torch model code is heavy
 
-    model, config = load_model(checkpoint_path)
-    model.to(device)
+    model, config = load_model(checkpoint_path, map_location=device)
     extractor = model_features(model, window=window, device=device, tile=tile)
     return extractor, tuple(config["bands"])
 

@@ -5,7 +5,8 @@ For pixel features x_n (dim D), learned cluster centres q_v and smoothing factor
 window W (``window`` x ``window``, cut at the image border) around every pixel the residuals
 aggregate to
 
-    e_v = sum_{n in W} theta_nv (x_n - q_v) = sum_{n in W} theta_nv x_n - (sum_{n in W} theta_nv) q_v,
+    e_v = sum_{n in W} theta_nv (x_n - q_v)
+        = sum_{n in W} theta_nv x_n - (sum_{n in W} theta_nv) q_v,
 
 computed for every pixel at once with stride-1 box sums. The flattened (Y*D) vector is
 L2-normalised and projected to E dims: ``(sum_v P_v e_v) / ||e|| + b``. The loop over codewords

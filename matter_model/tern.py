@@ -29,7 +29,9 @@ def similarity_kernel(
 ) -> torch.Tensor:
     """The (B, k*k, H, W) adaptive kernel of ``features`` (B, C, H, W); sums to 1 per pixel."""
     unit = F.normalize(features, dim=1)
-    sims = torch.cat([(unit * view).sum(1, keepdim=True) for view in neighbour_views(unit, k, dilation)], 1)
+    sims = torch.cat(
+        [(unit * view).sum(1, keepdim=True) for view in neighbour_views(unit, k, dilation)], 1
+    )
     ones = torch.ones_like(features[:1, :1])
     valid = torch.cat(neighbour_views(ones, k, dilation), 1) > 0
     count = valid.sum(1, keepdim=True)
@@ -43,7 +45,11 @@ class TeRNLayer(nn.Module):
     """One pixel-adaptive refinement layer: ``relu(norm(x + pac2d(x, kernel(x), W)))``."""
 
     def __init__(
-        self, channels: int, kernel_size: int = 3, eps: float = 0.1, norm: Callable[[int], nn.Module] = nn.BatchNorm2d
+        self,
+        channels: int,
+        kernel_size: int = 3,
+        eps: float = 0.1,
+        norm: Callable[[int], nn.Module] = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         self.kernel_size = kernel_size

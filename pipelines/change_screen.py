@@ -32,9 +32,7 @@ def _standardised(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return ((image - median[:, None, None]) / scale[:, None, None]).astype(np.float32)
 
 
-def pixel_change_score(
-    image_a: np.ndarray, image_b: np.ndarray, valid: np.ndarray
-) -> np.ndarray:
+def pixel_change_score(image_a: np.ndarray, image_b: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Smoothed normalised change magnitude per pixel, NaN outside ``valid``."""
     if valid.sum() < 16:
         return np.full(valid.shape, np.nan, dtype=np.float32)
@@ -87,22 +85,26 @@ def screen_windows(
     res = grid.transform.a
     minx = grid.transform.c + x0 * res
     maxy = grid.transform.f - y0 * res
-    table = pd.DataFrame({
-        "row": row.ravel(),
-        "col": col.ravel(),
-        "y0": y0.ravel(),
-        "x0": x0.ravel(),
-        "size": window,
-        "min_valid_fraction": min_valid.ravel(),
-        "score": score.ravel(),
-        "minx": minx.ravel(),
-        "miny": (maxy - window * res).ravel(),
-        "maxx": (minx + window * res).ravel(),
-        "maxy": maxy.ravel(),
-    })
-    table["unchanged"] = (table["score"] < threshold) & (
-        table["min_valid_fraction"] >= min_valid_fraction
-    ) & np.isfinite(table["score"])
+    table = pd.DataFrame(
+        {
+            "row": row.ravel(),
+            "col": col.ravel(),
+            "y0": y0.ravel(),
+            "x0": x0.ravel(),
+            "size": window,
+            "min_valid_fraction": min_valid.ravel(),
+            "score": score.ravel(),
+            "minx": minx.ravel(),
+            "miny": (maxy - window * res).ravel(),
+            "maxx": (minx + window * res).ravel(),
+            "maxy": maxy.ravel(),
+        }
+    )
+    table["unchanged"] = (
+        (table["score"] < threshold)
+        & (table["min_valid_fraction"] >= min_valid_fraction)
+        & np.isfinite(table["score"])
+    )
     return table
 
 

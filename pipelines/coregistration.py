@@ -7,7 +7,8 @@ Contract of the output (a zarr v3 store written by :func:`write_stack`, read bac
 - ``valid`` (time, y, x) bool: data present and the SCL class not in ``invalid_scl``;
 - ``shift_px`` (time, axis) float32: the residual (dy, dx) shift measured against the reference
   date before it was corrected; ``valid_fraction`` (time); ``item_ids`` (time);
-- attrs ``crs`` ("EPSG:xxxxx"), ``transform`` (6 affine coefficients), ``region``, ``reference_date``.
+- attrs ``crs`` ("EPSG:xxxxx"), ``transform`` (6 affine coefficients), ``region``,
+  ``reference_date``.
 """
 
 from __future__ import annotations
@@ -50,8 +51,12 @@ class Grid:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         left, top = self.transform.c, self.transform.f
-        return (left, top + self.height * self.transform.e, left + self.width * self.transform.a,
-                top)
+        return (
+            left,
+            top + self.height * self.transform.e,
+            left + self.width * self.transform.a,
+            top,
+        )
 
     @property
     def coords(self) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +104,7 @@ def resolve_href(href: str, href_rewrites: Sequence[tuple[str, str]] = ()) -> st
     """
     for prefix, replacement in href_rewrites:
         if href.startswith(prefix):
-            href = replacement + href[len(prefix):]
+            href = replacement + href[len(prefix) :]
             break
     if href.startswith("file://"):
         return unquote(urlparse(href).path)
@@ -124,16 +129,19 @@ def reflectance_offset(item: dict) -> float:
 def read_asset(path: str, grid: Grid, resampling: Resampling) -> tuple[np.ndarray, float | None]:
     """One asset resampled onto ``grid`` by its own georeference (so downsampled mirrors work)."""
     try:
-        with rasterio.open(path) as src, WarpedVRT(
-            src,
-            crs=f"EPSG:{grid.epsg}",
-            transform=grid.transform,
-            width=grid.width,
-            height=grid.height,
-            resampling=resampling,
-            src_nodata=src.nodata if src.nodata is not None else 0,
-            nodata=0,
-        ) as vrt:
+        with (
+            rasterio.open(path) as src,
+            WarpedVRT(
+                src,
+                crs=f"EPSG:{grid.epsg}",
+                transform=grid.transform,
+                width=grid.width,
+                height=grid.height,
+                resampling=resampling,
+                src_nodata=src.nodata if src.nodata is not None else 0,
+                nodata=0,
+            ) as vrt,
+        ):
             return vrt.read(1), src.nodata
     except rasterio.RasterioIOError as err:
         raise CoregistrationError(
@@ -221,9 +229,13 @@ def estimate_shift(reference: np.ndarray, moving: np.ndarray, valid: np.ndarray)
         back = ndimage.shift(mov, -shift, order=3, mode="nearest")[inner]
         return -float(np.mean(back[inner_valid] * ref[inner][inner_valid]))
 
-    result = optimize.minimize(misfit, integer, method="Powell",
-                               bounds=[(v - 1.5, v + 1.5) for v in integer],
-                               options={"xtol": 1e-3, "ftol": 1e-7})
+    result = optimize.minimize(
+        misfit,
+        integer,
+        method="Powell",
+        bounds=[(v - 1.5, v + 1.5) for v in integer],
+        options={"xtol": 1e-3, "ftol": 1e-7},
+    )
     return np.asarray(result.x)
 
 
@@ -244,10 +256,12 @@ def coregister(
     mosaics = mosaic_by_date(items, grid, bands, href_rewrites)
     dates = list(mosaics)
     reflectance = np.stack([mosaics[d][0] for d in dates])
-    valid = np.stack([
-        ~np.isin(mosaics[d][1], list(invalid_scl)) & np.isfinite(mosaics[d][0]).all(axis=0)
-        for d in dates
-    ])
+    valid = np.stack(
+        [
+            ~np.isin(mosaics[d][1], list(invalid_scl)) & np.isfinite(mosaics[d][0]).all(axis=0)
+            for d in dates
+        ]
+    )
     valid_fraction = valid.mean(axis=(1, 2))
     reference = int(np.argmax(valid_fraction))
     shift_index = list(bands).index(shift_band)
@@ -256,8 +270,9 @@ def coregister(
         both = valid[t] & valid[reference]
         if t == reference or both.mean() < 0.2:
             continue  # too little overlap to trust a measurement; left uncorrected, shift 0
-        shifts[t] = estimate_shift(reflectance[reference, shift_index], reflectance[t, shift_index],
-                                   both)
+        shifts[t] = estimate_shift(
+            reflectance[reference, shift_index], reflectance[t, shift_index], both
+        )
         reflectance[t], valid[t] = _apply_shift(reflectance[t], valid[t], -shifts[t])
     valid_fraction = valid.mean(axis=(1, 2))
     y, x = grid.coords
@@ -312,11 +327,20 @@ def write_stack(stack: xr.Dataset, path: str | Path) -> Path:
     path = Path(path)
     encoding = {"reflectance": {"chunks": (1, 1, 512, 512)}}
     with atomic_directory(path) as tmp:
-        stack.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding={
-            name: {"chunks": tuple(min(c, s) for c, s in zip(spec["chunks"], stack[name].shape,
-                                                               strict=True))}
-            for name, spec in encoding.items()
-        })
+        stack.to_zarr(
+            tmp,
+            mode="w",
+            zarr_format=3,
+            consolidated=False,
+            encoding={
+                name: {
+                    "chunks": tuple(
+                        min(c, s) for c, s in zip(spec["chunks"], stack[name].shape, strict=True)
+                    )
+                }
+                for name, spec in encoding.items()
+            },
+        )
     return path
 
 

@@ -21,6 +21,26 @@ import xarray as xr
 
 from pipelines.coregistration import stack_grid
 
+PATCH_COLUMNS = [
+    "region",
+    "tile",
+    "anchor_date",
+    "positive_date",
+    "negative_date",
+    "window_row",
+    "window_col",
+    "negative_row",
+    "negative_col",
+    "minx",
+    "miny",
+    "maxx",
+    "maxy",
+    "crs",
+    "transform",
+    "anchor_valid_fraction",
+    "positive_valid_fraction",
+]
+
 
 @dataclass(frozen=True)
 class Triplets:
@@ -71,38 +91,64 @@ def cut_triplets(
         if far.size == 0:
             continue
         window_valid = valid[:, y0 : y0 + size, x0 : x0 + size].mean(axis=(1, 2))
-        pairs = [(i, j) for i, j in permutations(range(len(dates)), 2)
-                 if window_valid[i] >= min_valid_fraction and window_valid[j] >= min_valid_fraction]
+        pairs = [
+            (i, j)
+            for i, j in permutations(range(len(dates)), 2)
+            if window_valid[i] >= min_valid_fraction and window_valid[j] >= min_valid_fraction
+        ]
         if max_pairs_per_window is not None and len(pairs) > max_pairs_per_window:
-            pairs = [pairs[k] for k in sorted(rng.choice(len(pairs), max_pairs_per_window,
-                                                         replace=False))]
+            pairs = [
+                pairs[k]
+                for k in sorted(rng.choice(len(pairs), max_pairs_per_window, replace=False))
+            ]
         for i, j in pairs:
             n = kept.iloc[int(rng.choice(far))]
             ny0, nx0 = int(n["y0"]), int(n["x0"])
             anchors.append(_crop(reflectance[i], valid[i], y0, x0, size))
             positives.append(_crop(reflectance[j], valid[j], y0, x0, size))
             negatives.append(_crop(reflectance[i], valid[i], ny0, nx0, size))
-            rows.append({
-                "region": stack.attrs["region"],
-                "tile": tile,
-                "anchor_date": dates[i],
-                "positive_date": dates[j],
-                "negative_date": dates[i],
-                "window_row": int(window["row"]),
-                "window_col": int(window["col"]),
-                "negative_row": int(n["row"]),
-                "negative_col": int(n["col"]),
-                "minx": window["minx"],
-                "miny": window["miny"],
-                "maxx": window["maxx"],
-                "maxy": window["maxy"],
-                "crs": stack.attrs["crs"],
-                "transform": ",".join(repr(v) for v in (grid.transform.a, 0.0, window["minx"],
-                                                         0.0, grid.transform.e, window["maxy"])),
-                "anchor_valid_fraction": float(window_valid[i]),
-                "positive_valid_fraction": float(window_valid[j]),
-            })
-    shape = (0, len(bands), size, size)
-    stackup = (lambda crops: np.stack(crops).astype(np.float32) if crops
-               else np.zeros(shape, np.float32))
-    return Triplets(stackup(anchors), stackup(positives), stackup(negatives), pd.DataFrame(rows))
+            rows.append(
+                {
+                    "region": stack.attrs["region"],
+                    "tile": tile,
+                    "anchor_date": dates[i],
+                    "positive_date": dates[j],
+                    "negative_date": dates[i],
+                    "window_row": int(window["row"]),
+                    "window_col": int(window["col"]),
+                    "negative_row": int(n["row"]),
+                    "negative_col": int(n["col"]),
+                    "minx": window["minx"],
+                    "miny": window["miny"],
+                    "maxx": window["maxx"],
+                    "maxy": window["maxy"],
+                    "crs": stack.attrs["crs"],
+                    "transform": ",".join(
+                        repr(v)
+                        for v in (
+                            grid.transform.a,
+                            0.0,
+                            window["minx"],
+                            0.0,
+                            grid.transform.e,
+                            window["maxy"],
+                        )
+                    ),
+                    "anchor_valid_fraction": float(window_valid[i]),
+                    "positive_valid_fraction": float(window_valid[j]),
+                }
+            )
+
+    def stacked(crops: list[np.ndarray]) -> np.ndarray:
+        return (
+            np.stack(crops).astype(np.float32)
+            if crops
+            else np.zeros((0, len(bands), size, size), np.float32)
+        )
+
+    return Triplets(
+        stacked(anchors),
+        stacked(positives),
+        stacked(negatives),
+        pd.DataFrame(rows, columns=PATCH_COLUMNS),
+    )

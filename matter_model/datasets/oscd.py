@@ -22,7 +22,9 @@ the date-2 content drifts by 7 px over the image in raw pixel indices, and by no
 by georeference). So the dates are checked for covering the same bounds (within
 ``MAX_SHAPE_DIFF_PX`` pixels), not for having the same shape: saclay_w's ``imgs_2`` is 9 px
 narrower than ``imgs_1`` over identical bounds. Pixels of ``imgs_1``'s grid that no date-2
-pixel covers are filled from their nearest covered pixel and marked invalid.
+pixel covers are filled from their nearest covered pixel and marked invalid. Labels have no
+georeference: one whose shape differs from ``imgs_1``'s B02 by at most ``MAX_SHAPE_DIFF_PX`` is
+cropped / padded at the bottom-right (padding marked invalid); a larger difference is an error.
 
 Values are DN / 10000 (top-of-atmosphere reflectance: L1C before processing baseline 04.00 has
 no offset), as float32.

@@ -1,5 +1,5 @@
 """Custom tensor operations of the MATTER model."""
 
-from matter_model.ops.pac import pac2d, neighbour_views
+from matter_model.ops.pac import neighbour_views, pac2d
 
 __all__ = ["pac2d", "neighbour_views"]

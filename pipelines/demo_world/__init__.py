@@ -6,6 +6,7 @@ collection (servable by ``rustac serve``), and ground truth (materials, changes,
 
 from pipelines.demo_world.generate import (
     DEFAULT_SPEC,
+    SPECS,
     TINY_SPEC,
     DemoWorldSpec,
     RegionSpec,
@@ -16,6 +17,7 @@ from pipelines.demo_world.materials import Material
 
 __all__ = [
     "DEFAULT_SPEC",
+    "SPECS",
     "TINY_SPEC",
     "DemoWorldSpec",
     "Material",

@@ -37,7 +37,7 @@ from pipelines.demo_world.materials import (
 )
 
 # Bump when the output changes for an unchanged spec, so that old worlds are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 COLLECTION_ID = "sentinel-2-l2a"
 STAC_VERSION = "1.0.0"
 ITEM_EXTENSIONS = [
@@ -109,6 +109,7 @@ DEFAULT_SPEC = DemoWorldSpec(
 TINY_SPEC = replace(
     DEFAULT_SPEC, regions=tuple(replace(r, size_px=96) for r in DEFAULT_SPEC.regions)
 )
+SPECS: dict[str, DemoWorldSpec] = {"default": DEFAULT_SPEC, "tiny": TINY_SPEC}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,8 +146,9 @@ class TileGrid:
 
 def tile_grid(region: RegionSpec, margin_px: int) -> TileGrid:
     """The region snapped to 60 m around its centre, and its tile with the margin added."""
-    xs, ys = transform("EPSG:4326", f"EPSG:{region.epsg}", [region.center_lonlat[0]],
-                       [region.center_lonlat[1]])
+    xs, ys = transform(
+        "EPSG:4326", f"EPSG:{region.epsg}", [region.center_lonlat[0]], [region.center_lonlat[1]]
+    )
     side = region.size_px * 10
     minx = round((xs[0] - side / 2) / GRID_SNAP_M) * GRID_SNAP_M
     maxy = round((ys[0] + side / 2) / GRID_SNAP_M) * GRID_SNAP_M
@@ -205,12 +207,15 @@ def split_parcels(
     return labels, count
 
 
-def layout_materials(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, Textures]:
+def layout_materials(
+    rng: np.random.Generator, shape: tuple[int, int]
+) -> tuple[np.ndarray, Textures]:
     """The base material map of a tile (fields, forest, a town, a river) and its textures."""
     size = min(shape)
     parcels, n_parcels = split_parcels(rng, shape, max(8, size // 20), max(24, size // 6))
     parcel_material = rng.choice(
-        [Material.CROP_MAIZE, Material.CROP_WHEAT, Material.BARE_SOIL], size=n_parcels,
+        [Material.CROP_MAIZE, Material.CROP_WHEAT, Material.BARE_SOIL],
+        size=n_parcels,
         p=[0.4, 0.35, 0.25],
     )
     materials = parcel_material[parcels].astype(np.uint8)
@@ -228,7 +233,7 @@ def layout_materials(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[
     centre = size * rng.uniform(0.3, 0.7) + size * 0.08 * np.sin(
         2 * np.pi * along / (size * rng.uniform(0.6, 1.2)) + rng.uniform(0, 2 * np.pi)
     )
-    half_width = max(2.0, size / 60)
+    half_width = max(4.0, size / 50)
     materials[np.abs(across - centre) < half_width] = Material.WATER
     return materials, make_textures(rng, parcels, n_parcels)
 
@@ -258,7 +263,9 @@ def plan_changes(
 ) -> list[PlantedChange]:
     """3-4 non-overlapping changes inside the region, each where its source material dominates.
 
-    Changes start at the second half of the dates, so the first two dates never differ.
+    Changes start on odd date indices (1, 3, ...), alternately: with two dates per time window
+    (quarter), every window then holds a change between its own dates, and pairs that straddle
+    two windows (dates 1 and 2, ...) never differ.
     """
     wr0, wc0, wr1, wc1 = window
     region_side = min(wr1 - wr0, wc1 - wc0)
@@ -266,7 +273,8 @@ def plan_changes(
     max_side = max(min_side, min(60, region_side // 3))
     taken = np.zeros(base.shape, bool)
     changes = []
-    for kind, sources, target in CHANGE_KINDS[: int(rng.integers(3, 5))]:
+    odd_dates = list(range(1, n_dates, 2)) or [0]
+    for k, (kind, sources, target) in enumerate(CHANGE_KINDS[: int(rng.integers(3, 5))]):
         best, best_score = None, -1.0
         for _ in range(300):
             h, w = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
@@ -282,8 +290,7 @@ def plan_changes(
         r0, c0, r1, c1 = best
         taken[r0:r1, c0:c1] = True
         dominant = Material(int(np.bincount(base[r0:r1, c0:c1].ravel()).argmax()))
-        from_index = int(rng.integers(max(n_dates // 2, 1), n_dates)) if n_dates > 1 else 0
-        changes.append(PlantedChange(kind, dominant, target, from_index, best))
+        changes.append(PlantedChange(kind, dominant, target, odd_dates[k % len(odd_dates)], best))
     return changes
 
 
@@ -362,8 +369,9 @@ def observe(
         materials = ndimage.shift(materials, shift_px, order=0, mode="nearest")
     np.clip(surface, 0, None, out=surface)
 
-    gain = np.clip(rng.uniform(0.9, 1.1) * (1 + rng.uniform(-0.04, 0.04, len(wavelengths))),
-                   0.85, 1.15).astype(np.float32)
+    gain = np.clip(
+        rng.uniform(0.9, 1.1) * (1 + rng.uniform(-0.04, 0.04, len(wavelengths))), 0.85, 1.15
+    ).astype(np.float32)
     haze = (rng.uniform(0.0, 0.03) * (wavelengths[0] / wavelengths) ** 2).astype(np.float32)
     opacity, shadow = cloud_fields(rng, materials.shape, cloud_fraction)
     seen = surface * gain[:, None, None] + haze[:, None, None]
@@ -563,8 +571,11 @@ def _region(
     entry: dict = {
         "name": region.name,
         "epsg": region.epsg,
-        "bbox": list(transform_bounds(f"EPSG:{region.epsg}", "EPSG:4326", *grid.region_bounds,
-                                      densify_pts=21)),
+        "bbox": list(
+            transform_bounds(
+                f"EPSG:{region.epsg}", "EPSG:4326", *grid.region_bounds, densify_pts=21
+            )
+        ),
         "region_bounds_utm": list(grid.region_bounds),
         "tile_bounds_utm": list(grid.tile_bounds),
         "tile_shape_10m": list(shape),
@@ -598,8 +609,12 @@ def _region(
     maps = [materials_on(base, changes, i) for i in range(len(spec.dates))]
     for i, date in enumerate(spec.dates):
         rng = _rng(spec.seed, index, 2, i)
-        shift = (0.0, 0.0) if i == 0 else tuple(
-            round(float(v), 3) for v in rng.uniform(-spec.max_shift_px, spec.max_shift_px, 2)
+        shift = (
+            (0.0, 0.0)
+            if i == 0
+            else tuple(
+                round(float(v), 3) for v in rng.uniform(-spec.max_shift_px, spec.max_shift_px, 2)
+            )
         )
         fraction = spec.cloud_fractions[i % len(spec.cloud_fractions)]
         obs = observe(rng, maps[i], textures, date, shift, fraction)
@@ -612,8 +627,12 @@ def _region(
         for b, band in enumerate(SPECTRAL_BANDS):
             factor = band.resolution_m // 10
             values = obs.reflectance[b] if factor == 1 else block_mean(obs.reflectance[b], factor)
-            write_cog(item_dir / f"{band.name}.tif", to_dn(values, baseline),
-                      grid.transform(band.resolution_m), region.epsg)
+            write_cog(
+                item_dir / f"{band.name}.tif",
+                to_dn(values, baseline),
+                grid.transform(band.resolution_m),
+                region.epsg,
+            )
             href = (final_dir / f"{band.name}.tif").as_uri()
             assets[band.earth_search_key] = band_asset(band.name, href, grid, baseline)
         write_cog(item_dir / "SCL.tif", obs.scl, grid.transform(SCL.resolution_m), region.epsg)
@@ -708,8 +727,9 @@ def _build(spec: DemoWorldSpec, build: Path, root: Path) -> dict:
         "boa_offset_flag_wrong": wrong,
         "regions": entries,
     }
-    (build / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return manifest
+    text = json.dumps(manifest, indent=1)
+    (build / "manifest.json").write_text(text)
+    return json.loads(text)  # the same value a later run loads
 
 
 def load_manifest(root: Path, spec: DemoWorldSpec) -> dict | None:
@@ -737,9 +757,12 @@ def generate_demo_world(root: Path, spec: DemoWorldSpec = DEFAULT_SPEC) -> dict:
     if existing is not None:
         return existing
     if root.exists() and any(root.iterdir()) and not (root / "manifest.json").exists():
-        raise FileExistsError(f"{root} is not empty and holds no demo world; refusing to replace it")
+        raise FileExistsError(
+            f"{root} is not empty and holds no demo world; refusing to replace it"
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    build.chmod(0o755)  # mkdtemp makes it private; the world is meant to be shared read-only
     try:
         manifest = _build(spec, build, root)
         if root.exists():

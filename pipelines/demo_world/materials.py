@@ -71,17 +71,27 @@ SENESCENT_WHEAT = _spectrum(
     0.060, 0.070, 0.100, 0.130, 0.170, 0.220, 0.250, 0.270, 0.280, 0.260, 0.340, 0.250
 )
 # Built-up surfaces: asphalt roads and three roof types (concrete, red tiles, bright metal).
-ASPHALT = _spectrum(0.070, 0.075, 0.080, 0.085, 0.090, 0.092, 0.095, 0.100, 0.100, 0.095, 0.110, 0.105)
+ASPHALT = _spectrum(
+    0.070, 0.075, 0.080, 0.085, 0.090, 0.092, 0.095, 0.100, 0.100, 0.095, 0.110, 0.105
+)
 URBAN_SURFACES = np.stack(
     [
         ASPHALT,
-        _spectrum(0.120, 0.140, 0.160, 0.180, 0.200, 0.210, 0.220, 0.230, 0.230, 0.220, 0.260, 0.240),
-        _spectrum(0.060, 0.070, 0.090, 0.190, 0.240, 0.260, 0.270, 0.280, 0.285, 0.270, 0.320, 0.260),
-        _spectrum(0.250, 0.270, 0.290, 0.300, 0.310, 0.310, 0.310, 0.320, 0.320, 0.300, 0.330, 0.300),
+        _spectrum(
+            0.120, 0.140, 0.160, 0.180, 0.200, 0.210, 0.220, 0.230, 0.230, 0.220, 0.260, 0.240
+        ),
+        _spectrum(
+            0.060, 0.070, 0.090, 0.190, 0.240, 0.260, 0.270, 0.280, 0.285, 0.270, 0.320, 0.260
+        ),
+        _spectrum(
+            0.250, 0.270, 0.290, 0.300, 0.310, 0.310, 0.310, 0.320, 0.320, 0.300, 0.330, 0.300
+        ),
     ]
 )
 # Optically thick cloud: bright, flat in the visible, lower in the water-vapour and SWIR bands.
-CLOUD = _spectrum(0.520, 0.540, 0.530, 0.520, 0.520, 0.510, 0.510, 0.500, 0.490, 0.380, 0.350, 0.250)
+CLOUD = _spectrum(
+    0.520, 0.540, 0.530, 0.520, 0.520, 0.510, 0.510, 0.500, 0.490, 0.380, 0.350, 0.250
+)
 
 
 def standardize(field: np.ndarray) -> np.ndarray:
@@ -134,7 +144,9 @@ def make_textures(
 ) -> Textures:
     """Texture fields for a tile whose crop parcels are labelled ``0..n_parcels-1``."""
     shape = parcels.shape
-    angles = rng.choice([0.0, np.pi / 2, np.pi / 4, -np.pi / 4], size=n_parcels, p=[0.4, 0.4, 0.1, 0.1])
+    angles = rng.choice(
+        [0.0, np.pi / 2, np.pi / 4, -np.pi / 4], size=n_parcels, p=[0.4, 0.4, 0.1, 0.1]
+    )
     periods = rng.uniform(3.0, 6.0, size=n_parcels)
     brightness = rng.uniform(0.9, 1.1, size=n_parcels).astype(np.float32)
     rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
@@ -167,7 +179,8 @@ def crop_spectra(day_of_year: int) -> dict[Material, np.ndarray]:
     soil = SPECTRA[Material.BARE_SOIL]
     return {
         Material.CROP_MAIZE: cover * SPECTRA[Material.CROP_MAIZE] + (1 - cover) * soil,
-        Material.CROP_WHEAT: (1 - ripeness) * SPECTRA[Material.CROP_WHEAT] + ripeness * SENESCENT_WHEAT,
+        Material.CROP_WHEAT: (1 - ripeness) * SPECTRA[Material.CROP_WHEAT]
+        + ripeness * SENESCENT_WHEAT,
     }
 
 

@@ -41,15 +41,21 @@ class SearchRequest:
     def validate(self) -> None:
         """Reject an inverted or out-of-range bbox and a datetime range in the wrong order."""
         if len(self.bbox) != 4:
-            raise StacSearchError(f"bbox must be [min_lon, min_lat, max_lon, max_lat], got {self.bbox}")
+            raise StacSearchError(
+                f"bbox must be [min_lon, min_lat, max_lon, max_lat], got {self.bbox}"
+            )
         min_lon, min_lat, max_lon, max_lat = self.bbox
         if not (min_lon < max_lon and min_lat < max_lat):
             raise StacSearchError(
                 f"bbox {list(self.bbox)} is inverted or empty: write it as "
                 "[min_lon, min_lat, max_lon, max_lat] with min < max"
             )
-        if not (-180 <= min_lon <= 180 and -180 <= max_lon <= 180 and -90 <= min_lat <= 90
-                and -90 <= max_lat <= 90):
+        if not (
+            -180 <= min_lon <= 180
+            and -180 <= max_lon <= 180
+            and -90 <= min_lat <= 90
+            and -90 <= max_lat <= 90
+        ):
             raise StacSearchError(
                 f"bbox {list(self.bbox)} is outside lon [-180, 180] / lat [-90, 90]: it must be in "
                 "WGS84 degrees, not projected metres"
@@ -78,8 +84,12 @@ class SearchRequest:
             {"op": "<=", "args": [{"property": "eo:cloud_cover"}, self.max_cloud_cover]}
         ]
         if self.mgrs_tiles:
-            args.append({"op": "in", "args": [{"property": "grid:code"},
-                                              [f"MGRS-{t}" for t in self.mgrs_tiles]]})
+            args.append(
+                {
+                    "op": "in",
+                    "args": [{"property": "grid:code"}, [f"MGRS-{t}" for t in self.mgrs_tiles]],
+                }
+            )
         return {"op": "and", "args": args} if len(args) > 1 else args[0]
 
     def keeps(self, item: dict) -> bool:

@@ -70,7 +70,11 @@ class StacServer:
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                stderr = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                stderr = (
+                    self._process.stderr.read().decode(errors="replace")
+                    if self._process.stderr
+                    else ""
+                )
                 raise StacServerError(f"`rustac serve` exited at start-up: {stderr.strip()}")
             try:
                 with urllib.request.urlopen(self.url, timeout=1):
@@ -78,8 +82,9 @@ class StacServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(0.05)
         self.stop()
-        raise StacServerError(f"`rustac serve` did not answer on {self.url} within "
-                              f"{self.startup_timeout_s:.0f} s")
+        raise StacServerError(
+            f"`rustac serve` did not answer on {self.url} within {self.startup_timeout_s:.0f} s"
+        )
 
     def stop(self) -> None:
         """Stop the server's process group; safe to call twice."""

@@ -21,8 +21,12 @@ INFO = StoreInfo(bands=("B02", "B03", "B04"), patch_size=8)
 def _shard(n: int, value: float = 0.0) -> dict:
     rng = np.random.default_rng(int(value))
     crops = [rng.random((n, 3, 8, 8), dtype=np.float32) + value for _ in range(3)]
-    return dict(anchor=crops[0], positive=crops[1], negative=crops[2],
-                patches=pd.DataFrame({"region": ["r"] * n, "anchor_date": ["2024-05-01"] * n}))
+    return dict(
+        anchor=crops[0],
+        positive=crops[1],
+        negative=crops[2],
+        patches=pd.DataFrame({"region": ["r"] * n, "anchor_date": ["2024-05-01"] * n}),
+    )
 
 
 def test_round_trip_by_band_name(tmp_path) -> None:
@@ -57,10 +61,17 @@ def test_bad_input_is_named(tmp_path) -> None:
     with pytest.raises(PatchStoreError, match=r"missing \['B08'\]"):
         TripletDataset(tmp_path, bands=["B02", "B08"])
     with pytest.raises(PatchStoreError, match="re-tile every partition"):
-        write_shard(tmp_path, "b", StoreInfo(("B02",), 8), **{
-            **_shard(2), "anchor": np.zeros((2, 1, 8, 8), np.float32),
-            "positive": np.zeros((2, 1, 8, 8), np.float32),
-            "negative": np.zeros((2, 1, 8, 8), np.float32)})
+        write_shard(
+            tmp_path,
+            "b",
+            StoreInfo(("B02",), 8),
+            **{
+                **_shard(2),
+                "anchor": np.zeros((2, 1, 8, 8), np.float32),
+                "positive": np.zeros((2, 1, 8, 8), np.float32),
+                "negative": np.zeros((2, 1, 8, 8), np.float32),
+            },
+        )
     bad = _shard(2)
     bad["positive"][0, 0, 0, 0] = np.nan
     with pytest.raises(PatchStoreError, match="NaN"):

@@ -9,8 +9,12 @@ from scipy import ndimage
 BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12"]
 
 
-def synthetic_stack(size: int = 128, dates: int = 3, changed: tuple[int, int, int, int] | None =
-                    (70, 80, 14, 12), seed: int = 0) -> xr.Dataset:
+def synthetic_stack(
+    size: int = 128,
+    dates: int = 3,
+    changed: tuple[int, int, int, int] | None = (70, 80, 14, 12),
+    seed: int = 0,
+) -> xr.Dataset:
     """Textured reflectance; each date has its own per-band gain and haze offset; a patch
     ``changed`` = (y0, x0, h, w) takes another spectrum from the last date on."""
     rng = np.random.default_rng(seed)
@@ -23,7 +27,7 @@ def synthetic_stack(size: int = 128, dates: int = 3, changed: tuple[int, int, in
         image = base * gain + haze + rng.normal(0, 0.002, size=base.shape)
         if changed is not None and t == dates - 1:
             y0, x0, h, w = changed
-            image[:, y0:y0 + h, x0:x0 + w] = np.linspace(0.05, 0.5, len(BANDS))[:, None, None]
+            image[:, y0 : y0 + h, x0 : x0 + w] = np.linspace(0.05, 0.5, len(BANDS))[:, None, None]
         images.append(image.astype(np.float32))
     valid = np.ones((dates, size, size), dtype=bool)
     valid[0, :20, :20] = False  # a cloud on the first date
@@ -31,12 +35,21 @@ def synthetic_stack(size: int = 128, dates: int = 3, changed: tuple[int, int, in
     reflectance[0][:, ~valid[0]] = np.nan
     coords = 500000 + 10 * (np.arange(size) + 0.5)
     return xr.Dataset(
-        {"reflectance": (("time", "band", "y", "x"), reflectance),
-         "valid": (("time", "y", "x"), valid)},
-        coords={"time": np.array([f"2024-05-{10 + 5 * t:02d}" for t in range(dates)],
-                                 dtype="datetime64[ns]"),
-                "band": BANDS, "y": coords[::-1] + 4000000, "x": coords},
-        attrs={"crs": "EPSG:32631", "transform": [10.0, 0.0, 500000.0, 0.0, -10.0,
-                                                  4500000.0 + 10 * size],
-               "region": "synthetic"},
+        {
+            "reflectance": (("time", "band", "y", "x"), reflectance),
+            "valid": (("time", "y", "x"), valid),
+        },
+        coords={
+            "time": np.array(
+                [f"2024-05-{10 + 5 * t:02d}" for t in range(dates)], dtype="datetime64[ns]"
+            ),
+            "band": BANDS,
+            "y": coords[::-1] + 4000000,
+            "x": coords,
+        },
+        attrs={
+            "crs": "EPSG:32631",
+            "transform": [10.0, 0.0, 500000.0, 0.0, -10.0, 4500000.0 + 10 * size],
+            "region": "synthetic",
+        },
     )

@@ -18,8 +18,12 @@ def test_window_max_matches_a_naive_loop() -> None:
     rng = np.random.default_rng(1)
     score = rng.normal(size=(70, 64)).astype(np.float32)
     score[3, 5] = np.nan
-    expected = np.array([[np.nanmax(score[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16])
-                          for c in range(4)] for r in range(4)])
+    expected = np.array(
+        [
+            [np.nanmax(score[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16]) for c in range(4)]
+            for r in range(4)
+        ]
+    )
     np.testing.assert_allclose(window_max(score, 16), expected)
 
 

@@ -39,11 +39,17 @@ def test_region_grid_is_snapped_to_the_10m_grid() -> None:
     assert gl <= left and gb <= bottom and gr >= right and gt >= top
 
 
-@pytest.mark.parametrize(("baseline", "offset"), [("02.14", 0.0), ("03.01", 0.0),
-                                                  ("04.00", -0.1), ("05.10", -0.1)])
+@pytest.mark.parametrize(
+    ("baseline", "offset"), [("02.14", 0.0), ("03.01", 0.0), ("04.00", -0.1), ("05.10", -0.1)]
+)
 def test_offset_follows_the_processing_baseline_not_the_flag(baseline: str, offset: float) -> None:
-    item = {"id": "x", "properties": {"s2:processing_baseline": baseline,
-                                      "earthsearch:boa_offset_applied": offset == 0.0}}
+    item = {
+        "id": "x",
+        "properties": {
+            "s2:processing_baseline": baseline,
+            "earthsearch:boa_offset_applied": offset == 0.0,
+        },
+    }
     assert reflectance_offset(item) == offset
 
 
@@ -78,8 +84,9 @@ def test_real_l2a_tile_through_its_earth_search_item(tmp_path, real_data) -> Non
     assert epsg == 32629
     bbox = transform_bounds(f"EPSG:{epsg}", "EPSG:4326", 240000, 2730000, 250000, 2740000)
     grid = region_grid(bbox, epsg)
-    stack = coregister([item], grid, region="29RKH",
-                       href_rewrites=[(cloud_prefix, str(folder.resolve()) + "/")])
+    stack = coregister(
+        [item], grid, region="29RKH", href_rewrites=[(cloud_prefix, str(folder.resolve()) + "/")]
+    )
     reflectance = stack.reflectance.values[0]
     assert reflectance.shape == (12, grid.height, grid.width)
     # A bright desert: surface reflectance in a physical range, red above blue, no offset (02.14).

@@ -24,8 +24,11 @@ def _item(item_id: str, date: str, cloud: float, tile: str = "32TNR") -> dict:
         "collection": "sentinel-2-l2a",
         "geometry": {"type": "Polygon", "coordinates": [ring]},
         "bbox": list(BBOX),
-        "properties": {"datetime": f"{date}T10:30:00Z", "eo:cloud_cover": cloud,
-                       "grid:code": f"MGRS-{tile}"},
+        "properties": {
+            "datetime": f"{date}T10:30:00Z",
+            "eo:cloud_cover": cloud,
+            "grid:code": f"MGRS-{tile}",
+        },
         "assets": {},
         "links": [],
     }
@@ -34,22 +37,42 @@ def _item(item_id: str, date: str, cloud: float, tile: str = "32TNR") -> dict:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("stac")
-    items = [_item("a", "2024-05-01", 5.0), _item("b", "2024-05-11", 45.0),
-             _item("c", "2024-06-01", 10.0, tile="32TNS"), _item("d", "2024-08-01", 1.0)]
+    items = [
+        _item("a", "2024-05-01", 5.0),
+        _item("b", "2024-05-11", 45.0),
+        _item("c", "2024-06-01", 10.0, tile="32TNS"),
+        _item("d", "2024-08-01", 1.0),
+    ]
     (root / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
-    (root / "collection.json").write_text(json.dumps({
-        "type": "Collection", "id": "sentinel-2-l2a", "stac_version": "1.0.0",
-        "description": "test", "license": "proprietary", "links": [],
-        "extent": {"spatial": {"bbox": [list(BBOX)]},
-                   "temporal": {"interval": [["2024-01-01T00:00:00Z", None]]}},
-    }))
+    (root / "collection.json").write_text(
+        json.dumps(
+            {
+                "type": "Collection",
+                "id": "sentinel-2-l2a",
+                "stac_version": "1.0.0",
+                "description": "test",
+                "license": "proprietary",
+                "links": [],
+                "extent": {
+                    "spatial": {"bbox": [list(BBOX)]},
+                    "temporal": {"interval": [["2024-01-01T00:00:00Z", None]]},
+                },
+            }
+        )
+    )
     with StacServer([root / "collection.json", root / "items.json"]) as srv:
         yield srv
 
 
 def _request(url: str, **changes) -> SearchRequest:
-    base = dict(url=url, collection="sentinel-2-l2a", bbox=BBOX, start="2024-04-01",
-                end="2024-07-01", max_cloud_cover=20.0)
+    base = dict(
+        url=url,
+        collection="sentinel-2-l2a",
+        bbox=BBOX,
+        start="2024-04-01",
+        end="2024-07-01",
+        max_cloud_cover=20.0,
+    )
     return SearchRequest(**{**base, **changes})
 
 

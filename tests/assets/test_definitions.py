@@ -1,0 +1,89 @@
+"""The code location loads, its graph and partitions come from the configuration, and the
+dataset-refresh schedule asks for the newest window of every region."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from assets.config import ConfigError, load_config, parse_config
+from assets.definitions import defs
+from assets.jobs import dataset_refresh
+from assets.partitions import REGION_WINDOWS
+from pipelines.demo_world import DEFAULT_SPEC, generate_demo_world
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_definitions_validate_from_the_command_line() -> None:
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    result = subprocess.run(
+        [dagster, "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_asset_graph_is_the_chain() -> None:
+    graph = defs.resolve_asset_graph()
+    chain = [
+        "stac_items",
+        "coregistered_stack",
+        "change_screen",
+        "patch_triplets",
+        "matter_pretrained",
+        "change_detection_eval",
+    ]
+    for upstream, downstream in zip(chain, chain[1:], strict=False):
+        assert dg.AssetKey(upstream) in graph.get(dg.AssetKey(downstream)).parent_keys
+    for job in ("matter_chain", "patch_dataset", "pretrain_and_evaluate"):
+        assert defs.resolve_job_def(job) is not None
+
+
+def test_partitions_are_regions_by_quarter() -> None:
+    keys = REGION_WINDOWS.get_partition_keys()
+    assert sorted(keys) == sorted(
+        f"{r}|{w}" for r in ("beauce", "lombardy") for w in ("2024-04-01", "2024-07-01")
+    )
+
+
+def test_schedule_requests_the_newest_window_of_every_region() -> None:
+    context = dg.build_schedule_context(
+        repository_def=defs.get_repository_def(),
+        scheduled_execution_time=dt.datetime(2024, 10, 2, 3),
+    )
+    requests = list(dataset_refresh.evaluate_tick(context).run_requests or [])
+    assert sorted(r.partition_key for r in requests) == ["beauce|2024-07-01", "lombardy|2024-07-01"]
+
+
+def test_demo_config_regions_match_the_demo_world(tmp_path) -> None:
+    """The embedded config searches exactly where the demo world's regions are."""
+    manifest = generate_demo_world(tmp_path / "world", DEFAULT_SPEC)
+    config = load_config()
+    for region in manifest["regions"]:
+        np.testing.assert_allclose(config.region(region["name"]).bbox, region["bbox"], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"stac": {}, "time_windows": {}}, "missing section `regions`"),
+        ({"stac": {}, "time_windows": {}, "regions": [{"name": "a"}]}, "needs `name` and `bbox"),
+        (
+            {"stac": {}, "time_windows": {}, "regions": [{"name": "a|b", "bbox": [0, 0, 1, 1]}]},
+            "must not contain",
+        ),
+    ],
+)
+def test_bad_config_is_named(raw: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw, Path("cfg.yaml"))

@@ -1,0 +1,182 @@
+"""Unsupervised change detection: Otsu, counts, CVA, model features, evaluation, rendering."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from matter_model.change_detection import (
+    ChangePair,
+    ConfusionCounts,
+    confusion_counts,
+    cva_features,
+    detect_changes,
+    evaluate_pairs,
+    model_features,
+    otsu_threshold,
+    render_change_map,
+    standardize,
+)
+
+REAL_ROOT = (
+    Path(
+        os.environ.get("MATTER_REAL_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
+    )
+    / "oscd"
+)
+
+
+def _between_class_variance(values: np.ndarray, upper: np.ndarray) -> float:
+    n1 = upper.sum()
+    n0 = values.size - n1
+    if n0 == 0 or n1 == 0:
+        return 0.0
+    return n0 * n1 * (values[~upper].mean() - values[upper].mean()) ** 2
+
+
+def test_otsu_matches_brute_force_on_integers() -> None:
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(60, 15, 3000), rng.normal(170, 25, 1000)])
+    values = np.clip(np.round(values), 0, 255)
+    values[:2] = (0, 255)  # one histogram bin per integer
+    best = max(np.unique(values), key=lambda t: _between_class_variance(values, values > t))
+    threshold = otsu_threshold(values, bins=256)
+    np.testing.assert_array_equal(values > threshold, values > best)
+
+
+def test_otsu_close_to_brute_force_on_continuous_values() -> None:
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.gamma(2.0, 0.5, 5000), rng.normal(6, 1, 800)])
+    edges = np.linspace(values.min(), values.max(), 257)
+    best = max(edges[1:-1], key=lambda t: _between_class_variance(values, values > t))
+    assert abs(otsu_threshold(values) - best) <= 2 * (edges[1] - edges[0])
+
+
+def test_otsu_ignores_non_finite_and_handles_constant() -> None:
+    assert otsu_threshold(np.array([3.0, 3.0, np.nan])) == 3.0
+    with pytest.raises(ValueError, match="empty"):
+        otsu_threshold(np.array([np.nan]))
+
+
+def test_counts_and_scores_by_hand() -> None:
+    truth = np.array([[1, 1, 0, 0], [1, 0, 0, 0]], dtype=bool)
+    pred = np.array([[1, 0, 1, 0], [1, 0, 0, 1]], dtype=bool)
+    counts = confusion_counts(pred, truth)
+    assert counts == ConfusionCounts(tp=2, fp=2, fn=1, tn=3)
+    assert counts.precision == pytest.approx(0.5)
+    assert counts.recall == pytest.approx(2 / 3)
+    assert counts.f1 == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    valid = np.ones_like(truth)
+    valid[1, 3] = False  # drops one false positive
+    assert confusion_counts(pred, truth, valid) == ConfusionCounts(tp=2, fp=1, fn=1, tn=3)
+    assert ConfusionCounts().f1 == 0.0 and ConfusionCounts(fn=3).precision == 0.0
+
+
+def _synthetic_pair(name: str, seed: int, gain: float = 1.3) -> ChangePair:
+    """Smooth textured scene; date 2 = gain x date 1 + noise, with a 16 x 16 square changed."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.05, 0.3, (4, 1, 1)) + 0.02 * rng.standard_normal((4, 64, 64))
+    image_1 = base.astype(np.float32)
+    image_2 = (gain * base + 0.002 * rng.standard_normal(base.shape)).astype(np.float32)
+    truth = np.zeros((64, 64), dtype=bool)
+    truth[20:36, 30:46] = True
+    image_2[:, truth] = rng.uniform(0.4, 0.6, (4, 1))
+    return ChangePair(name, image_1, image_2, truth)
+
+
+def test_cva_finds_a_planted_square_despite_illumination_gain() -> None:
+    result = detect_changes(_synthetic_pair("square", 0), cva_features, sigma=1.0)
+    assert result.counts.f1 > 0.8
+    assert result.prediction.shape == (64, 64) and np.isfinite(result.threshold)
+
+
+def test_micro_is_the_sum_of_per_pair_counts() -> None:
+    pairs = [_synthetic_pair(f"p{i}", i, gain=1.0 + 0.1 * i) for i in range(3)]
+    valid = np.ones((64, 64), dtype=bool)
+    valid[:8] = False
+    pairs.append(ChangePair("masked", pairs[0].image_1, pairs[0].image_2, pairs[0].truth, valid))
+    seen: list[tuple[str, str]] = []
+    report = evaluate_pairs(
+        iter(pairs),
+        {"cva": cva_features, "raw": lambda x: x},
+        on_result=lambda m, p, r: seen.append((m, p.name)),
+    )
+    assert len(seen) == 8
+    for method in ("cva", "raw"):
+        per_pair = report[method]["per_pair"]
+        assert list(per_pair) == ["p0", "p1", "p2", "masked"]
+        total = sum(
+            (ConfusionCounts(r["tp"], r["fp"], r["fn"], r["tn"]) for r in per_pair.values()),
+            ConfusionCounts(),
+        )
+        assert report[method]["micro"] == total.as_dict()
+        assert (
+            per_pair["masked"]["tp"]
+            + per_pair["masked"]["fp"]
+            + per_pair["masked"]["fn"]
+            + per_pair["masked"]["tn"]
+            == valid.sum()
+        )
+
+
+def test_standardize_is_robust_and_per_band() -> None:
+    rng = np.random.default_rng(2)
+    image = rng.normal(5, 2, (2, 50, 50)).astype(np.float32)
+    image[1] *= 100
+    image[0, 0, :5] = 1e6  # outliers barely move median / IQR
+    z = standardize(image)
+    assert np.abs(np.median(z, axis=(1, 2))).max() < 0.05
+    assert np.all(np.abs(np.subtract(*np.percentile(z, [75, 25], axis=(1, 2))) - 1.349) < 0.1)
+
+
+class _ToyEmbedder(torch.nn.Module):
+    """Per-pixel embedding: L2-normalised mean of the window (a stand-in for MATTER)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, ...]] = []
+
+    def embed(self, x: torch.Tensor, window: int) -> torch.Tensor:
+        self.calls.append(tuple(x.shape))
+        assert not torch.is_grad_enabled()
+        pooled = torch.nn.functional.avg_pool2d(
+            x, window, stride=1, padding=window // 2, count_include_pad=False
+        )
+        return torch.nn.functional.normalize(torch.cat([pooled, torch.ones_like(x[:, :1])], 1))
+
+
+def test_model_features_tiled_equals_whole_image() -> None:
+    image = np.random.default_rng(3).normal(0, 1, (3, 70, 90)).astype(np.float32)
+    model = _ToyEmbedder()
+    whole = model_features(model, window=5, tile=1024)(image)
+    tiled = model_features(model, window=5, tile=32, margin=4)(image)
+    assert whole.shape == (4, 70, 90) and whole.dtype == np.float32
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    assert len(model.calls) == 1 + 3 * 3
+    assert max(c[2] for c in model.calls[1:]) <= 32 + 2 * 4
+    np.testing.assert_allclose(np.linalg.norm(whole, axis=0), 1.0, atol=1e-5)
+
+
+def test_render_change_map_writes_png(tmp_path: Path) -> None:
+    pair = _synthetic_pair("square", 0)
+    result = detect_changes(pair, cva_features)
+    out = tmp_path / "maps" / "square.png"
+    data = render_change_map(pair, result.prediction, path=out)
+    assert data.startswith(b"\x89PNG") and out.read_bytes() == data
+    assert [p.name for p in out.parent.iterdir()] == ["square.png"]
+
+
+@pytest.mark.skipif(
+    not REAL_ROOT.is_dir(), reason=f"real OSCD data not found at {REAL_ROOT} (set MATTER_REAL_DATA)"
+)
+def test_cva_on_one_real_oscd_city() -> None:
+    from matter_model.datasets.oscd import OSCD
+
+    report = evaluate_pairs(OSCD(REAL_ROOT).iter_pairs(["nantes"]), {"cva": cva_features})
+    city = report["cva"]["per_pair"]["nantes"]
+    assert 0 < city["f1"] <= 1 and np.isfinite(city["threshold"])
+    assert report["cva"]["micro"]["f1"] == city["f1"]
