@@ -24,13 +24,7 @@ def change_screen(context: dg.AssetExecutionContext, store: DataStore) -> dg.Mat
     """The windows of the partition that stayed unchanged between every pair of its dates."""
     part = region_window(context)
     stack = open_stack(store.stack(part.region, part.window)).load()
-    settings = CONFIG.screen
-    table = screen_windows(
-        stack,
-        window=int(settings.get("window", 32)),
-        threshold=float(settings.get("threshold", 1.5)),
-        min_valid_fraction=float(settings.get("min_valid_fraction", 0.9)),
-    )
+    table = screen_windows(stack, **CONFIG.screen)
     path = store.screen(part.region, part.window)
     atomic_write_text(path, table.to_csv(index=False))
     rows, cols = int(table["row"].max()) + 1, int(table["col"].max()) + 1
@@ -45,7 +39,7 @@ def change_screen(context: dg.AssetExecutionContext, store: DataStore) -> dg.Mat
     if CONFIG.stac.get("endpoint") == "demo":
         dates = [str(t)[:10] for t in stack.time.values.astype("datetime64[D]")]
         truth = change_truth(store.demo_world, part.region, dates, stack_grid(stack))
-        quality = screening_quality(table, window_truth(truth, int(settings.get("window", 32))))
+        quality = screening_quality(table, window_truth(truth, int(table["size"].iloc[0])))
         metadata.update({f"truth_{k}": v for k, v in quality.items()})
     png = figure_png(
         [
@@ -65,17 +59,8 @@ def patch_triplets(context: dg.AssetExecutionContext, store: DataStore) -> dg.Ma
     part = region_window(context)
     stack = open_stack(store.stack(part.region, part.window)).load()
     screen = pd.read_csv(store.screen(part.region, part.window))
-    settings = CONFIG.tiling
-    bands = list(settings.get("bands"))
-    triplets = cut_triplets(
-        stack,
-        screen,
-        bands=bands,
-        seed=int(settings.get("seed", 0)),
-        tile=stack.attrs.get("region", part.region),
-        min_valid_fraction=float(settings.get("min_valid_fraction", 0.9)),
-        min_negative_distance_px=int(settings.get("min_negative_distance_px", 64)),
-    )
+    triplets = cut_triplets(stack, screen, **CONFIG.tiling)
+    bands = list(CONFIG.tiling["bands"])
     shard_id = f"{part.region}__{part.window}"
     shard = write_shard(
         store.patch_store,

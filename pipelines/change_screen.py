@@ -54,7 +54,7 @@ def window_max(score: np.ndarray, size: int) -> np.ndarray:
 def screen_windows(
     stack: xr.Dataset,
     window: int = 32,
-    threshold: float = 1.5,
+    threshold: float = 1.2,
     min_valid_fraction: float = 0.9,
 ) -> pd.DataFrame:
     """Score every window of a co-registered stack and mark the unchanged ones.

@@ -13,6 +13,7 @@ Contract of the output (a zarr v3 store written by :func:`write_stack`, read bac
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from scipy import ndimage, optimize
+from zarr.errors import UnstableSpecificationWarning
 
 from matter_model.atomic_io import atomic_directory
 from pipelines.bands import SCL, SCL_INVALID_DEFAULT, SPECTRAL_BANDS, asset_key, band
@@ -295,6 +297,7 @@ def coregister(
             "crs": f"EPSG:{grid.epsg}",
             "transform": list(grid.transform)[:6],
             "region": region,
+            "tiles": ",".join(sorted({it["properties"].get("grid:code", "") for it in items})),
             "reference_date": dates[reference],
         },
     )
@@ -326,7 +329,10 @@ def write_stack(stack: xr.Dataset, path: str | Path) -> Path:
     """Write a stack to zarr v3 atomically (a rerun replaces it whole)."""
     path = Path(path)
     encoding = {"reflectance": {"chunks": (1, 1, 512, 512)}}
-    with atomic_directory(path) as tmp:
+    # The band and date labels are short strings, which zarr v3 stores with a dtype it still
+    # calls unstable; zarr-python reads them back, and nothing else reads these stacks.
+    with atomic_directory(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnstableSpecificationWarning)
         stack.to_zarr(
             tmp,
             mode="w",

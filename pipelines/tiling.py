@@ -65,8 +65,7 @@ def cut_triplets(
     stack: xr.Dataset,
     screen: pd.DataFrame,
     bands: list[str],
-    seed: int,
-    tile: str = "",
+    seed: int = 0,
     min_valid_fraction: float = 0.9,
     min_negative_distance_px: int = 64,
     max_pairs_per_window: int | None = None,
@@ -110,7 +109,7 @@ def cut_triplets(
             rows.append(
                 {
                     "region": stack.attrs["region"],
-                    "tile": tile,
+                    "tile": stack.attrs.get("tiles", ""),
                     "anchor_date": dates[i],
                     "positive_date": dates[j],
                     "negative_date": dates[i],

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from rasterio.enums import Resampling
+from scipy import ndimage
 
 from matter_model.change_detection import ChangePair
 from pipelines.coregistration import Grid, open_stack, read_asset, stack_grid
@@ -31,21 +32,31 @@ def change_truth(root: str | Path, region: str, dates: list[str], grid: Grid) ->
 
 
 def demo_change_pairs(
-    root: str | Path, stack_paths: list[Path], bands: list[str]
+    root: str | Path, stack_paths: list[Path], bands: list[str], cloud_margin_px: int = 3
 ) -> Iterator[ChangePair]:
     """Each co-registered stack of the demo world as a change pair: its first and last dates,
-    the planted-change truth on the stack's grid, and the pixels valid at both dates."""
+    the planted-change truth on the stack's grid, and the pixels valid at both dates.
+
+    A pixel invalid at either date takes the same values at both (the valid date's, else 0), so
+    a cloud cannot look like change to a window-based feature; the valid mask is eroded by
+    ``cloud_margin_px`` because cloud edges are thinner than the SCL sees.
+    """
     for path in stack_paths:
         stack = open_stack(path).load()
         if stack.sizes["time"] < 2:
             continue
         dates = [str(t)[:10] for t in stack.time.values.astype("datetime64[D]")]
-        reflectance = stack.reflectance.sel(band=bands).values
-        valid = stack.valid.values[0] & stack.valid.values[-1]
+        first, last = stack.reflectance.sel(band=bands).values[[0, -1]]
+        valid_first, valid_last = stack.valid.values[[0, -1]]
+        first = np.where(valid_first, first, np.where(valid_last, last, 0.0))
+        last = np.where(valid_last, last, first)
+        valid = valid_first & valid_last
+        if cloud_margin_px:
+            valid = ndimage.binary_erosion(valid, iterations=cloud_margin_px, border_value=1)
         yield ChangePair(
             name=f"{stack.attrs['region']} {dates[0]}..{dates[-1]}",
-            image_1=np.nan_to_num(reflectance[0]),
-            image_2=np.nan_to_num(reflectance[-1]),
+            image_1=first.astype(np.float32),
+            image_2=last.astype(np.float32),
             truth=change_truth(
                 root, stack.attrs["region"], [dates[0], dates[-1]], stack_grid(stack)
             ),
