@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +20,9 @@ from matter_model.change_detection import (
     render_change_map,
     standardize,
 )
+from tests.conftest import REAL_DATA
 
-REAL_ROOT = (
-    Path(
-        os.environ.get("MATTER_REAL_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
-    )
-    / "oscd"
-)
+REAL_ROOT = REAL_DATA / "oscd"
 
 
 def _between_class_variance(values: np.ndarray, upper: np.ndarray) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -20,13 +19,9 @@ from matter_model.datasets.oscd import (
     OSCD,
     OSCDError,
 )
+from tests.conftest import REAL_DATA
 
-REAL_ROOT = (
-    Path(
-        os.environ.get("MATTER_REAL_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
-    )
-    / "oscd"
-)
+REAL_ROOT = REAL_DATA / "oscd"
 NATIVE_M = {"B02": 10, "B03": 10, "B04": 10, "B08": 10, "B01": 60, "B09": 60, "B10": 60}
 BOUNDS = (2.0, 48.0, 2.0 + 24e-4, 48.0 + 20e-4)  # 24 x 20 px of 1e-4 deg at "10 m"
 
