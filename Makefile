@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DAGSTER_HOME ?= $(CURDIR)/.demo/dagster_home
 
-.PHONY: install demo test lint ui clean
+.PHONY: install instance demo test lint ui clean bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -12,8 +12,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-demo: install
+# A local Dagster instance for the demo's runs and the UI (telemetry off: nothing leaves the machine).
+instance:
 	mkdir -p $(DAGSTER_HOME)
+	test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+
+demo: install
+	$(MAKE) --no-print-directory instance
 	$(PY) -m assets.demo
 
 test: install
@@ -25,8 +30,13 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 ui: install
-	mkdir -p $(DAGSTER_HOME)
+	$(MAKE) --no-print-directory instance
 	$(VENV)/bin/dagster-webserver -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# Benchmarks: each prints a table and writes JSON under benchmarks/results/.
+bench: install
+	$(PY) benchmarks/pac2d.py
+	$(PY) benchmarks/train.py
 
 clean:
 	rm -rf .demo

@@ -17,6 +17,10 @@ from assets.jobs import DATASET_ASSETS, MODEL_ASSETS
 from assets.partitions import REGION_WINDOWS
 
 
+# Step logs at INFO: the training progress and each step's outcome, without Dagster's DEBUG events.
+RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
 def run_chain(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     """Every partition of the dataset assets, then the model assets; stops at the first failure."""
     job = defs.resolve_job_def("matter_chain")
@@ -26,6 +30,7 @@ def run_chain(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
             instance=instance,
             partition_key=key,
             asset_selection=[dg.AssetKey(a) for a in DATASET_ASSETS],
+            run_config=RUN_CONFIG,
             raise_on_error=False,
         )
         print(
@@ -38,6 +43,7 @@ def run_chain(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     return job.execute_in_process(
         instance=instance,
         asset_selection=[dg.AssetKey(a) for a in MODEL_ASSETS],
+        run_config=RUN_CONFIG,
         raise_on_error=False,
     )
 

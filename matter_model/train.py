@@ -1,8 +1,15 @@
 """MATTER pretraining on a patch store.
 
 ``python -m matter_model.train --config cfg.yaml [--steps N] [--batch-size B] [--out DIR]
-[--patch-store DIR] [--device cpu|cuda] [--resume] ...``: the YAML is merged over
-``configs/default.yaml`` and flags override both. ``train(config)`` is the same as a function.
+[--patch-store DIR] [--device cpu|cuda] [--resume] [--set model.norm=group] ...``: the YAML is
+merged over ``configs/default.yaml`` and flags override both; a key that ``default.yaml`` lacks is
+an error that lists the valid keys. ``train(config)`` is the same as a function.
+
+Data-parallel: under ``torchrun`` (``WORLD_SIZE`` > 1) every rank joins a process group (gloo on
+CPU, nccl on CUDA), wraps the model in DistributedDataParallel and takes its contiguous slice of
+each step's global batch of ``batch_size`` triplets. The ranks all-gather their embeddings, so the
+InfoNCE loss (whose negatives are the whole batch's sub-patches) is the loss of the global batch,
+the same as one process would compute. Only rank 0 writes checkpoints, metrics, the PNG and logs.
 
 The run is deterministic given the seed: the model is initialised from ``seed``, the triplets of
 step s come from a permutation drawn from (seed, epoch of s) and the sub-patch positions from
@@ -24,14 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import yaml
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from matter_model.checkpoint import build_model, load_checkpoint, load_model, save_checkpoint
 from matter_model.loss import sample_positions, subpatch_info_nce
 from matter_model.patch_store import ROLES, TripletDataset
 
-__all__ = ["TrainingDivergedError", "load_config", "load_model", "main", "train"]
+__all__ = ["ConfigError", "TrainingDivergedError", "load_config", "load_model", "main", "train"]
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 CHECKPOINT = "checkpoint.pt"
@@ -40,6 +49,10 @@ _SEED_STRIDE = 1_000_003
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class ConfigError(ValueError):
+    """The training config has a key that ``configs/default.yaml`` does not define."""
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -52,25 +65,66 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _defaults() -> dict[str, Any]:
+    return yaml.safe_load((CONFIG_DIR / "default.yaml").read_text())
+
+
+def check_keys(config: dict[str, Any], reference: dict[str, Any], where: str = "") -> None:
+    """Raise ConfigError naming keys of ``config`` unknown to ``reference`` and the valid ones."""
+    unknown = sorted(set(config) - set(reference))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {[where + key for key in unknown]}; valid keys: "
+            f"{sorted(where + key for key in reference)}"
+        )
+    for key, value in config.items():
+        if isinstance(value, dict) and isinstance(reference[key], dict):
+            check_keys(value, reference[key], f"{where}{key}.")
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
     """``configs/default.yaml``, merged with the YAML at ``path`` and then ``overrides``."""
-    config = yaml.safe_load((CONFIG_DIR / "default.yaml").read_text())
+    defaults = _defaults()
+    config = defaults
     if path is not None:
-        config = _merge(config, yaml.safe_load(Path(path).read_text()) or {})
+        from_file = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            check_keys(from_file, defaults)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        config = _merge(config, from_file)
+    check_keys(overrides, defaults)
     return _merge(config, overrides)
 
 
 class StepBatchSampler(Sampler[list[int]]):
-    """The batches of steps ``start..stop-1``; step s's batch depends only on (seed, s)."""
+    """The batches of steps ``start..stop-1``; step s's batch depends only on (seed, s).
 
-    def __init__(self, size: int, batch_size: int, seed: int, start: int, stop: int) -> None:
+    With ``world`` > 1 ranks, rank ``rank`` gets its contiguous ``batch_size // world`` slice of
+    each global batch.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        start: int,
+        stop: int,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         if size < batch_size:
             raise ValueError(
                 f"the patch store holds {size} triplets, fewer than batch_size={batch_size}"
             )
+        if batch_size % world:
+            raise ValueError(f"batch_size={batch_size} does not split over {world} processes")
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.start, self.stop = start, stop
         self.per_epoch = size // batch_size
+        local = batch_size // world
+        self.slice = slice(rank * local, (rank + 1) * local)
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
@@ -82,7 +136,7 @@ class StepBatchSampler(Sampler[list[int]]):
             if e != epoch:
                 generator = torch.Generator().manual_seed(self.seed * _SEED_STRIDE + e)
                 epoch, perm = e, torch.randperm(self.size, generator=generator)
-            yield perm[k * self.batch_size : (k + 1) * self.batch_size].tolist()
+            yield perm[k * self.batch_size : (k + 1) * self.batch_size][self.slice].tolist()
 
 
 def _rng_state() -> dict[str, Any]:
@@ -122,12 +176,75 @@ def _device(name: str) -> torch.device:
     return device
 
 
+class _GatherBatches(torch.autograd.Function):
+    """All-gather along dim 0 over the process group; the gradient flows back to each slice."""
+
+    @staticmethod
+    def forward(ctx: Any, local: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, local.contiguous())
+        ctx.rows = local.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        rank = dist.get_rank()
+        return grad[rank * ctx.rows : (rank + 1) * ctx.rows]
+
+
+def _start_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process; joins the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _check_resumable(state: dict[str, Any], cfg: dict[str, Any], path: Path) -> None:
+    """Raise ValueError naming what differs between a checkpoint's model and this config's."""
+    saved = state.get("config", {})
+    if saved.get("bands") != cfg["bands"]:
+        raise ValueError(
+            f"cannot resume from {path}: it was trained on bands {saved.get('bands')}, this "
+            f"config has {cfg['bands']}"
+        )
+    theirs, ours = saved.get("model", {}), cfg["model"]
+    differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if differ:
+        detail = ", ".join(f"{k}: {theirs.get(k)} there, {ours.get(k)} here" for k in differ)
+        raise ValueError(
+            f"cannot resume from {path}: its model architecture differs from this config's "
+            f"({detail}); use another --out or the checkpoint's model settings"
+        )
+
+
 def train(config: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Pretrain as ``config`` says (see ``configs/default.yaml``); return the run's metrics."""
+    check_keys(config, _defaults())
     cfg = copy.deepcopy(config)
     if not cfg.get("patch_store"):
         raise ValueError("no patch store: set `patch_store` in the config or pass --patch-store")
-    device = _device(cfg["device"])
+    rank, world, device = _start_distributed(_device(cfg["device"]))
+    try:
+        return _train(cfg, log if rank == 0 else (lambda _: None), rank, world, device)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _train(
+    cfg: dict[str, Any],
+    log: Callable[[str], None],
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> dict[str, Any]:
     out = Path(cfg["out"])
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / CHECKPOINT
@@ -148,19 +265,21 @@ def train(config: dict[str, Any], log: Callable[[str], None] = print) -> dict[st
     start, history = 0, []
     if cfg.get("resume"):
         state = load_checkpoint(checkpoint_path, device)
-        for key in ("bands", "model"):
-            if state["config"][key] != cfg[key]:
-                raise ValueError(
-                    f"cannot resume from {checkpoint_path}: its {key} {state['config'][key]} "
-                    f"differ from this config's {cfg[key]}"
-                )
-        model.load_state_dict(state["model"])
+        _check_resumable(state, cfg, checkpoint_path)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise ValueError(
+                f"cannot resume from {checkpoint_path}: its weights do not fit the model: {exc}"
+            ) from exc
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
         start, history = int(state["step"]), list(state["loss_history"])
         log(f"resumed from {checkpoint_path} at step {start}")
 
     def checkpoint(step: int) -> None:
+        if rank != 0:
+            return
         save_checkpoint(
             checkpoint_path,
             {
@@ -177,7 +296,7 @@ def train(config: dict[str, Any], log: Callable[[str], None] = print) -> dict[st
     workers = int(cfg["num_workers"])
     loader = DataLoader(
         dataset,
-        batch_sampler=StepBatchSampler(len(dataset), batch_size, seed, start, steps),
+        batch_sampler=StepBatchSampler(len(dataset), batch_size, seed, start, steps, rank, world),
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",
@@ -188,17 +307,21 @@ def train(config: dict[str, Any], log: Callable[[str], None] = print) -> dict[st
         int(cfg["subpatch"]),
         int(cfg["subpatches_per_crop"]),
     )
+    net = DistributedDataParallel(model) if world > 1 else model
     model.train()
     began = time.perf_counter()
     tick = began
     for step, batch in zip(range(start, steps), loader, strict=True):
         crops = torch.cat([batch[role] for role in ROLES]).to(device, non_blocking=True)
         generator = torch.Generator().manual_seed(seed * _SEED_STRIDE + step)
-        b = crops.shape[0] // 3
-        positions = sample_positions(b, count, size, subpatch, generator)
-        negative_positions = sample_positions(b, count, size, subpatch, generator)
+        positions = sample_positions(batch_size, count, size, subpatch, generator)
+        negative_positions = sample_positions(batch_size, count, size, subpatch, generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            anchor, positive, negative = model.embed(crops, window=subpatch).chunk(3)
+            anchor, positive, negative = net(crops, window=subpatch).chunk(3)
+        if world > 1:
+            anchor, positive, negative = (
+                _GatherBatches.apply(t) for t in (anchor, positive, negative)
+            )
         loss = subpatch_info_nce(
             anchor, positive, negative, positions, negative_positions, float(cfg["temperature"])
         )
@@ -217,7 +340,8 @@ def train(config: dict[str, Any], log: Callable[[str], None] = print) -> dict[st
         history.append(loss.item())
         now = time.perf_counter()
         if (step + 1) % int(cfg["log_every"]) == 0 or step + 1 == steps:
-            log(f"step {step + 1}/{steps} loss {history[-1]:.4f} {b / (now - tick):.1f} samples/s")
+            throughput = batch_size / (now - tick)
+            log(f"step {step + 1}/{steps} loss {history[-1]:.4f} {throughput:.1f} samples/s")
         tick = now
         if (step + 1) % int(cfg["checkpoint_every"]) == 0:
             checkpoint(step + 1)
@@ -232,11 +356,13 @@ def train(config: dict[str, Any], log: Callable[[str], None] = print) -> dict[st
         "samples_per_s": (steps - start) * batch_size / wall if wall > 0 else None,
         "wall_s": wall,
         "device": str(device),
+        "processes": world,
         "checkpoint": str(checkpoint_path),
         "loss_history": history,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _plot(history, out / "loss_curve.png")
+    if rank == 0:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        _plot(history, out / "loss_curve.png")
     return metrics
 
 
@@ -255,9 +381,28 @@ def _parse(argv: list[str] | None) -> dict[str, Any]:
     parser.add_argument(
         "--resume", action="store_true", default=None, help="continue out/checkpoint.pt"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="settings",
+        help="any config key, dotted for nested ones (model.norm=group); VALUE is YAML",
+    )
     args = vars(parser.parse_args(argv))
     path = args.pop("config")
-    return load_config(path, **{k: v for k, v in args.items() if v is not None})
+    overrides: dict[str, Any] = {}
+    for setting in args.pop("settings"):
+        key, sep, value = setting.partition("=")
+        if not sep:
+            parser.error(f"--set takes KEY=VALUE, got {setting!r}")
+        *parents, leaf = key.split(".")
+        node = overrides
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.safe_load(value)
+    overrides = _merge(overrides, {k: v for k, v in args.items() if v is not None})
+    return load_config(path, **overrides)
 
 
 def _train_under_pipes(config: dict[str, Any]) -> None:
@@ -282,8 +427,8 @@ def _train_under_pipes(config: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The CLI; reports through Dagster Pipes when launched by it (DAGSTER_PIPES_CONTEXT set)."""
-    config = _parse(argv)
     try:
+        config = _parse(argv)
         if os.environ.get("DAGSTER_PIPES_CONTEXT"):
             _train_under_pipes(config)
         else:

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import FunctionCtx
 
-# Upper bound on one chunk buffer, (offsets in the chunk) * Cin * B*H*W elements.
-CHUNK_BYTES = 64 * 2**20
+# Upper bound on one chunk buffer, (offsets in the chunk) * Cin * B*H*W elements. Small chunks
+# stay closer to the cache; on 2 CPU cores 8-16 MiB was fastest at B=8, C=64, 64x64.
+CHUNK_BYTES = 16 * 2**20
 
 
 def _offsets(k: int, dilation: int, height: int, width: int):

@@ -4,6 +4,7 @@ dataset-refresh schedule asks for the newest window of every region."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,11 +22,13 @@ from pipelines.demo_world import DEFAULT_SPEC, generate_demo_world
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_definitions_validate_from_the_command_line() -> None:
+def test_definitions_validate_from_the_command_line(tmp_path: Path) -> None:
     dagster = str(Path(sys.executable).with_name("dagster"))
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     result = subprocess.run(
         [dagster, "definitions", "validate", "-w", "workspace.yaml"],
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,

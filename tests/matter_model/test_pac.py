@@ -74,3 +74,22 @@ def test_neighbour_views_are_shifts():
     torch.testing.assert_close(centre, x)
     assert top_left[0, 0, 2, 2] == x[0, 0, 0, 0]
     assert top_left[0, 0, 0, 0] == 0
+
+
+@pytest.mark.parametrize("chunk_offsets", [1, 4])
+def test_pac_in_chunks_of_offsets_matches_reference(monkeypatch, chunk_offsets):
+    """Chunks of 1 and of 4 offsets (25 = 6*4 + 1: a short last chunk) give the same result."""
+    import matter_model.ops.pac as pac_module
+
+    inputs = make_inputs(5)
+    x = inputs[0]
+    monkeypatch.setattr(pac_module, "CHUNK_BYTES", chunk_offsets * x[:, :1].numel() * 3 * 4)
+    assert [len(c) for c in pac_module._chunks(5, 1, x)][0] == chunk_offsets
+    out = pac2d(*inputs)
+    ref = reference_pac(*inputs, 1)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    for got, want in zip(
+        torch.autograd.grad(out, inputs, grad), torch.autograd.grad(ref, inputs, grad), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)

@@ -1,7 +1,12 @@
-"""End-to-end pretraining on a small synthetic patch store: run, NaN stop, exact resume, load."""
+"""Pretraining on a small synthetic store: run, NaN stop, exact resume, kill -9, DDP, bad input."""
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -11,9 +16,10 @@ import yaml
 
 from matter_model.checkpoint import CheckpointError, load_checkpoint
 from matter_model.matter import DEFAULT_BANDS
-from matter_model.patch_store import StoreInfo, write_shard
+from matter_model.patch_store import PatchStoreError, StoreInfo, write_shard
 from matter_model.train import (
     CONFIG_DIR,
+    ConfigError,
     TrainingDivergedError,
     load_config,
     load_model,
@@ -124,3 +130,106 @@ def test_load_model_names_a_missing_or_corrupt_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="bad.pt"):
         load_model(bad)
+
+
+def write_tiny_yaml(path, config):
+    """The tiny config as a YAML file for the CLI (patch store and out are passed as flags)."""
+    keys = ("steps", "batch_size", "num_workers", "subpatches_per_crop", "checkpoint_every")
+    path.write_text(yaml.safe_dump({"model": config["model"], **{k: config[k] for k in keys}}))
+    return path
+
+
+def run_cli(*args, wait=True):
+    command = [sys.executable, "-m", *args]
+    if not wait:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_two_process_gloo_matches_one_process(store, tmp_path):
+    """torchrun with 2 CPU processes (gloo) and the same global batch: the same losses."""
+    config = tiny_config(store, tmp_path / "one", steps=3, model={"norm": "group"})
+    single = train(config, log=lambda _: None)
+    cfg_file = write_tiny_yaml(tmp_path / "tiny.yaml", config)
+    run_cli(
+        "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "matter_model.train", "--config", str(cfg_file), "--patch-store", str(store),
+        "--out", str(tmp_path / "two"), "--set", "model.norm=group",
+    )  # fmt: skip
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["processes"] == 2
+    np.testing.assert_allclose(metrics["loss_history"], single["loss_history"], rtol=1e-4)
+
+
+def test_kill_9_then_resume_equals_uninterrupted(store, tmp_path):
+    config = tiny_config(store, tmp_path / "full", steps=30, checkpoint_every=1)
+    full = train(config, log=lambda _: None)
+    cfg_file = write_tiny_yaml(tmp_path / "tiny.yaml", config)
+    out = tmp_path / "killed"
+    args = ["matter_model.train", "--config", str(cfg_file), "--patch-store", str(store)]
+    args += ["--out", str(out)]
+    process = run_cli(*args, wait=False)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists():
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = load_checkpoint(out / "checkpoint.pt")["step"]
+    assert killed_at < 30 and not (out / "metrics.json").exists()
+    run_cli(*args, "--resume")
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["steps_this_run"] == 30 - killed_at
+    assert resumed["loss_history"] == full["loss_history"]
+
+
+def test_store_with_other_bands_fails_before_training(tmp_path):
+    bands = ("B02", "B03", "B04", "B08")
+    data = np.zeros((4, 4, 32, 32), np.float32)
+    table = pd.DataFrame({"region": ["x"] * 4})
+    write_shard(tmp_path / "store", "s0", StoreInfo(bands, 32), data, data, data, table)
+    with pytest.raises(PatchStoreError, match=r"missing \['B05', 'B06', 'B07', 'B11', 'B12'\]"):
+        train(tiny_config(tmp_path / "store", tmp_path / "out"), log=lambda _: None)
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+def test_empty_store_fails_before_training(tmp_path):
+    empty = np.zeros((0, 9, 32, 32), np.float32)
+    table = pd.DataFrame({"region": []})
+    write_shard(tmp_path / "store", "s0", StoreInfo(DEFAULT_BANDS, 32), empty, empty, empty, table)
+    with pytest.raises(PatchStoreError, match="has no patches"):
+        train(tiny_config(tmp_path / "store", tmp_path / "out"), log=lambda _: None)
+    with pytest.raises(PatchStoreError, match="no patch store"):
+        train(tiny_config(tmp_path / "nowhere", tmp_path / "out"), log=lambda _: None)
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+def test_unknown_config_keys_are_named_with_the_valid_ones(store, tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"\['stpes'\].*valid keys: .*'steps'"):
+        load_config(None, stpes=3)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": {"widht": 8}}))
+    with pytest.raises(ConfigError, match=r"bad.yaml.*\['model.widht'\].*'model.width'"):
+        load_config(bad)
+    config = tiny_config(store, tmp_path)
+    config["model"]["depth"] = 3
+    with pytest.raises(ConfigError, match="model.depth"):
+        train(config, log=lambda _: None)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--patch-store", str(store), "--set", "model.colour=red"])
+    assert exit_info.value.code == 1
+    assert "model.colour" in capsys.readouterr().err
+
+
+def test_resume_from_another_architecture_names_the_mismatch(store, tmp_path):
+    train(tiny_config(store, tmp_path, steps=2), log=lambda _: None)
+    wider = tiny_config(store, tmp_path, resume=True, model={"width": 16})
+    with pytest.raises(ValueError, match="width: 8 there, 16 here"):
+        train(wider, log=lambda _: None)
+    other_bands = tiny_config(store, tmp_path, resume=True, bands=list(DEFAULT_BANDS[:4]))
+    with pytest.raises(ValueError, match="trained on bands"):
+        train(other_bands, log=lambda _: None)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2

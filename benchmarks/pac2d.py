@@ -1,0 +1,184 @@
+"""Benchmark ``pac2d`` against a naive ``F.unfold`` PAC and ``nn.Conv2d``: forward + backward.
+
+float32 on CPU, B=8, Cin=Cout=64, 64 x 64, k=3 and k=5, all measured in one run. Prints a table
+and writes ``benchmarks/results/pac2d.json``.
+
+Time: the median of ``--repeats`` forward+backward passes after ``--warmup`` passes; the three
+methods take turns within each repeat so that a load change on the machine hits them alike.
+
+Peak extra memory: torch's CPU allocator keeps no statistics, so each (method, k) runs in a
+fresh subprocess that builds its inputs, does one warm-up pass, drops the gradients, then resets
+the kernel's resident-set high-water mark (``5`` written to ``/proc/self/clear_refs``), records
+``VmRSS``, runs one forward+backward pass and reads ``VmHWM``: the difference is the peak memory
+the pass added (activations, temporaries and the gradients it returns). glibc's malloc is pinned
+to ``mmap`` for every block over 64 KiB (``MALLOC_MMAP_THRESHOLD_``), so freed tensors go back to
+the kernel at once and the warm-up leaves no cached heap that would hide the second pass's peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from matter_model.ops import pac2d
+
+RESULTS = Path(__file__).parent / "results"
+B, C, H, W = 8, 64, 64, 64
+KERNELS = (3, 5)
+METHODS = ("pac2d", "unfold", "conv2d")
+
+
+def unfold_pac(x, kernel, weight, bias):
+    """The naive PAC: the unfolded (B, Cin*k*k, H*W) tensor, scaled, then one contraction."""
+    b, c, h, w = x.shape
+    k = weight.shape[-1]
+    cols = F.unfold(x, k, padding=k // 2).view(b, c, k * k, h * w)
+    cols = cols * kernel.view(b, 1, k * k, h * w)
+    out = torch.einsum("ock,bckn->bon", weight.reshape(weight.shape[0], c, k * k), cols)
+    return out.view(b, -1, h, w) + bias.view(1, -1, 1, 1)
+
+
+def make_pass(method: str, k: int) -> tuple[Callable[[], None], list[torch.Tensor]]:
+    """A forward+backward pass of ``method`` at kernel size ``k`` and the tensors it grads."""
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(B, C, H, W, generator=g).requires_grad_()
+    if method == "conv2d":
+        conv = nn.Conv2d(C, C, k, padding=k // 2)
+        leaves = [x, *conv.parameters()]
+
+        def forward() -> torch.Tensor:
+            return conv(x)
+    else:
+        kernel = torch.rand(B, k * k, H, W, generator=g).requires_grad_()
+        weight = (torch.randn(C, C, k, k, generator=g) / (C * k)).requires_grad_()
+        bias = torch.zeros(C).requires_grad_()
+        leaves = [x, kernel, weight, bias]
+        op = pac2d if method == "pac2d" else unfold_pac
+
+        def forward() -> torch.Tensor:
+            return op(x, kernel, weight, bias)
+
+    def run() -> None:
+        for leaf in leaves:
+            leaf.grad = None
+        out = forward()
+        out.backward(torch.ones_like(out))
+
+    return run, leaves
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure_memory_here(method: str, k: int) -> int:
+    """Peak extra resident bytes of one pass (run in a fresh process; see the module doc)."""
+    run, leaves = make_pass(method, k)
+    run()
+    for leaf in leaves:
+        leaf.grad = None
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmRSS")
+    run()
+    return (_status_kib("VmHWM") - before) * 1024
+
+
+def measure_memory(method: str, k: int) -> int:
+    """``measure_memory_here`` in a subprocess with malloc pinned to mmap."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    command = [sys.executable, __file__, "--memory-of", method, str(k)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def measure_times(k: int, warmup: int, repeats: int) -> dict[str, float]:
+    """Median seconds of a forward+backward pass per method, the methods taking turns."""
+    runs = {method: make_pass(method, k)[0] for method in METHODS}
+    times: dict[str, list[float]] = {method: [] for method in METHODS}
+    for i in range(warmup + repeats):
+        for method, run in runs.items():
+            start = time.perf_counter()
+            run()
+            if i >= warmup:
+                times[method].append(time.perf_counter() - start)
+    return {method: statistics.median(values) for method, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--memory-of", nargs=2, metavar=("METHOD", "K"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_of:
+        print(measure_memory_here(args.memory_of[0], int(args.memory_of[1])))
+        return
+
+    results = {}
+    for k in KERNELS:
+        seconds = measure_times(k, args.warmup, args.repeats)
+        entry = {
+            method: {
+                "time_ms": round(seconds[method] * 1e3, 1),
+                "extra_mem_mb": round(measure_memory(method, k) / 2**20, 1),
+            }
+            for method in METHODS
+        }
+        pac, unfold, conv = (entry[m] for m in METHODS)
+        entry["ratios"] = {
+            "unfold_time/pac_time": round(unfold["time_ms"] / pac["time_ms"], 2),
+            "pac_mem/unfold_mem": round(pac["extra_mem_mb"] / unfold["extra_mem_mb"], 3),
+            "pac_time/conv_time": round(pac["time_ms"] / conv["time_ms"], 2),
+        }
+        results[f"k{k}"] = entry
+
+    k5 = results["k5"]["ratios"]
+    report = {
+        "benchmark": "pac2d forward+backward, float32",
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "shape": {"batch": B, "cin": C, "cout": C, "height": H, "width": W},
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "time": "median wall time of one forward+backward pass",
+        "memory": "peak RSS added by one pass, fresh process per measurement (VmHWM - VmRSS)",
+        "results": results,
+        "targets_k5": {
+            "at_least_4x_faster_than_unfold": k5["unfold_time/pac_time"] >= 4,
+            "at_most_quarter_of_unfold_memory": k5["pac_mem/unfold_mem"] <= 0.25,
+            "within_3x_of_conv2d (stretch)": k5["pac_time/conv_time"] <= 3,
+        },
+    }
+    print(
+        f"pac2d fwd+bwd, float32 CPU ({torch.get_num_threads()} threads), "
+        f"B={B} C={C} {H}x{W}, median of {args.repeats}"
+    )
+    print(f"{'k':>2} {'method':<8} {'time ms':>9} {'extra MB':>9}")
+    for k in KERNELS:
+        for method in METHODS:
+            row = results[f"k{k}"][method]
+            print(f"{k:>2} {method:<8} {row['time_ms']:>9.1f} {row['extra_mem_mb']:>9.1f}")
+        ratios = ", ".join(f"{name} {value}" for name, value in results[f"k{k}"]["ratios"].items())
+        print(f"   ratios: {ratios}")
+    print("targets at k=5:", report["targets_k5"])
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "pac2d.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
