@@ -17,8 +17,7 @@ instance:
 	mkdir -p $(DAGSTER_HOME)
 	test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
 
-demo: install
-	$(MAKE) --no-print-directory instance
+demo: install instance
 	$(PY) -m assets.demo
 
 test: install
@@ -29,8 +28,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-ui: install
-	$(MAKE) --no-print-directory instance
+ui: install instance
 	$(VENV)/bin/dagster-webserver -w workspace.yaml -h 127.0.0.1 -p 3000
 
 # Benchmarks: each prints a table and writes JSON under benchmarks/results/.
