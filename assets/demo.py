@@ -16,7 +16,6 @@ from assets.definitions import defs
 from assets.jobs import DATASET_ASSETS, MODEL_ASSETS
 from assets.partitions import REGION_WINDOWS
 
-
 # Step logs at INFO: the training progress and each step's outcome, without Dagster's DEBUG events.
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 

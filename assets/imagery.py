@@ -9,7 +9,7 @@ from assets.partitions import CONFIG, REGION_WINDOWS, region_window
 from assets.previews import figure_png, png_metadata, true_colour
 from assets.resources import DataStore, StacApi
 from matter_model.atomic_io import atomic_write_text
-from pipelines.coregistration import coregister, item_epsg, region_grid, utm_epsg, write_stack
+from pipelines.coregistration import coregister, region_grid, utm_epsg, write_stack
 from pipelines.stac import SearchRequest, search_items
 
 GROUP = "imagery"
@@ -53,8 +53,10 @@ def coregistered_stack(context: dg.AssetExecutionContext, store: DataStore) -> d
     part = region_window(context)
     region = CONFIG.region(part.region)
     items = json.loads(store.items(part.region, part.window).read_text())["features"]
-    epsgs = [item_epsg(it) for it in items]
-    epsg = max(set(epsgs), key=epsgs.count) if epsgs else utm_epsg(*region.bbox[:2])
+    # The UTM zone of the region's centre, whatever zones its items come in: every partition
+    # of a region then shares one grid.
+    lon0, lat0, lon1, lat1 = region.bbox
+    epsg = utm_epsg((lon0 + lon1) / 2, (lat0 + lat1) / 2)
     grid = region_grid(region.bbox, epsg, float(CONFIG.grid.get("resolution_m", 10)))
     stack = coregister(
         items,
