@@ -114,7 +114,9 @@ class _PAC2d(torch.autograd.Function):
         x_pad_t = F.pad(x, (pad, pad, pad, pad)).transpose(0, 1).contiguous()
         kernel_t = kernel.transpose(0, 1)
         w_rows = weight.permute(0, 2, 3, 1).reshape(cout, k * k * cin)
-        grad_t = grad_out.transpose(0, 1).reshape(cout, b * h * w)
+        # contiguous: a reshape of an expanded gradient (e.g. of ``out.sum()``) is a stride-0
+        # view, which every GEMM below would otherwise copy again.
+        grad_t = grad_out.transpose(0, 1).reshape(cout, b * h * w).contiguous()
         grad_x_pad_t = torch.zeros_like(x_pad_t) if need_x else None
         grad_kernel_t = kernel.new_empty(k * k, b, h, w) if need_kernel else None
         grad_w_rows = torch.empty_like(w_rows) if need_weight else None
