@@ -10,6 +10,9 @@ Layout (format ``matter-patch-store`` version 1)::
         negative  (N, C, S, S) float32, another unchanged window
         patches.csv           one row per triplet (region, tile, dates, bbox, CRS, transform, ...)
 
+Each array is sharded: one file per 64 triplets, one zstd chunk per triplet inside it, so a
+random read decodes only the patch it wants.
+
 A shard is written under a hidden temporary name and renamed into place, so a reader never sees
 a half-written shard; rewriting a shard with the same id replaces it whole (reruns are
 idempotent). Readers ignore every name that starts with a dot.
@@ -32,7 +35,9 @@ from matter_model.atomic_io import atomic_directory, atomic_write_text
 FORMAT = "matter-patch-store"
 VERSION = 1
 ROLES = ("anchor", "positive", "negative")
-TRIPLETS_PER_CHUNK = 64
+# One file (zarr shard) holds this many triplets of a role; inside it each triplet is its own
+# compressed chunk, so a random read decodes one patch, not its 63 neighbours.
+TRIPLETS_PER_SHARD_FILE = 64
 
 
 class PatchStoreError(ValueError):
@@ -122,7 +127,8 @@ def write_shard(
                 role,
                 shape=array.shape,
                 dtype=info.dtype,
-                chunks=(max(1, min(TRIPLETS_PER_CHUNK, n)), *expected),
+                chunks=(1, *expected),
+                shards=(max(1, min(TRIPLETS_PER_SHARD_FILE, n)), *expected),
                 compressors=zarr.codecs.ZstdCodec(level=3),
             )
             if n:
