@@ -18,7 +18,6 @@ matter_chain = dg.define_asset_job(
 patch_dataset = dg.define_asset_job(
     "patch_dataset",
     selection=DATASET_ASSETS,
-    partitions_def=REGION_WINDOWS,
     description="STAC search to anchor / positive / negative patches, per region x window.",
 )
 pretrain_and_evaluate = dg.define_asset_job(
