@@ -225,7 +225,9 @@ def estimate_shift(reference: np.ndarray, moving: np.ndarray, valid: np.ndarray)
 
     margin = int(np.ceil(np.abs(integer).max())) + 3
     inner = (slice(margin, -margin), slice(margin, -margin))
-    inner_valid = valid[inner]
+    # Compare only pixels away from any invalid area: both images are zero there, and a mask
+    # edge that stays put in both would pull the estimate towards no shift at all.
+    inner_valid = ndimage.binary_erosion(valid, iterations=margin, border_value=1)[inner]
 
     def misfit(shift: np.ndarray) -> float:
         back = ndimage.shift(mov, -shift, order=3, mode="nearest")[inner]

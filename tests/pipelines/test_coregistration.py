@@ -106,3 +106,19 @@ def test_grid_coords_are_pixel_centres() -> None:
     y, x = grid.coords
     np.testing.assert_allclose(x, [1005, 1015, 1025])
     np.testing.assert_allclose(y, [1995, 1985])
+
+
+def test_planted_shifts_of_the_demo_world_are_measured(tiny_world) -> None:
+    """Each date's planted sub-pixel shift, measured against the reference date through clouds."""
+    manifest = json.loads((tiny_world / "manifest.json").read_text())
+    items = json.loads((tiny_world / "items.json").read_text())["features"]
+    for region in manifest["regions"]:
+        ids = set(region["item_ids"].values())
+        lon0, lat0, lon1, lat1 = region["bbox"]
+        grid = region_grid(region["bbox"], utm_epsg((lon0 + lon1) / 2, (lat0 + lat1) / 2))
+        stack = coregister([it for it in items if it["id"] in ids], grid, region["name"])
+        reference = region["shifts_px"][stack.attrs["reference_date"]]
+        dates = [str(t)[:10] for t in stack.time.values.astype("datetime64[D]")]
+        for date, measured in zip(dates, stack.shift_px.values, strict=True):
+            planted = np.subtract(region["shifts_px"][date], reference)
+            np.testing.assert_allclose(measured, planted, atol=0.1, err_msg=date)
