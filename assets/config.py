@@ -17,7 +17,6 @@ import yaml
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 ENDPOINTS = {
     "earth-search": "https://earth-search.aws.element84.com/v1",
-    "planetary-computer": "https://planetarycomputer.microsoft.com/api/stac/v1",
 }
 
 

@@ -5,60 +5,17 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
-import torch
 
 from assets.partitions import CONFIG
 from assets.previews import markdown_table, png_metadata
 from assets.resources import DataStore
 from matter_model.atomic_io import atomic_write_text
-from matter_model.change_detection import (
-    ChangePair,
-    ChangeResult,
-    cva_features,
-    evaluate_pairs,
-    model_features,
-    render_change_map,
-)
-from matter_model.checkpoint import build_model, load_model
+from matter_model.change_detection import ChangePair, compare_with_baselines
+from matter_model.checkpoint import load_model
 from matter_model.datasets.oscd import OSCD
 from pipelines.demo_world.truth import demo_change_pairs
 
 GROUP = "evaluation"
-
-
-def _as_reflectance(image: np.ndarray) -> np.ndarray:
-    """The model sees what it was trained on: surface reflectance, unnormalised."""
-    return image
-
-
-def evaluate_checkpoint(
-    checkpoint: Path,
-    datasets: dict[str, Iterable[ChangePair]],
-    window: int,
-    sigma: float,
-    previews: Path,
-) -> dict:
-    """Every dataset's pairs through MATTER, the same network untrained, and CVA, side by side."""
-    model, config = load_model(checkpoint)
-    torch.manual_seed(int(config.get("seed", 0)))
-    untrained = build_model(config).eval()
-    methods = {
-        "matter": model_features(model, window=window, normalize=_as_reflectance),
-        "untrained": model_features(untrained, window=window, normalize=_as_reflectance),
-        "cva": cva_features,
-    }
-    bands = list(config["bands"])
-    rgb = tuple(bands.index(b) for b in ("B04", "B03", "B02"))
-
-    def keep_preview(method: str, pair: ChangePair, result: ChangeResult) -> None:
-        if method == "matter":
-            render_change_map(pair, result.prediction, previews / f"{pair.name}.png", rgb=rgb)
-
-    return {
-        name: evaluate_pairs(pairs, methods, sigma=sigma, on_result=keep_preview)
-        for name, pairs in datasets.items()
-    }
 
 
 @dg.asset(group_name=GROUP, deps=["matter_pretrained"], kinds={"pytorch"})
@@ -72,7 +29,8 @@ def change_detection_eval(
     """
     settings = CONFIG.evaluation
     checkpoint = store.model_dir / "checkpoint.pt"
-    bands = list(CONFIG.tiling["bands"])
+    model, model_config = load_model(checkpoint)
+    bands = list(model_config["bands"])  # the pairs are read with the bands the model expects
     datasets: dict[str, Iterable[ChangePair]] = {}
     stacks = sorted(store.path("stacks").glob("*/*.zarr"))
     if CONFIG.stac.get("endpoint") == "demo" and stacks:
@@ -85,17 +43,14 @@ def change_detection_eval(
     if not datasets:
         raise RuntimeError("nothing to evaluate on: no demo-world stacks and no OSCD root")
     previews = store.reports / "change_maps"
-    results = evaluate_checkpoint(
-        checkpoint,
-        datasets,
-        window=int(settings.get("window", 13)),
-        sigma=float(settings.get("sigma", 1.0)),
-        previews=previews,
+    window, sigma = int(settings.get("window", 13)), float(settings.get("sigma", 1.0))
+    results = compare_with_baselines(
+        model, model_config, datasets, window=window, sigma=sigma, previews=previews
     )
     report = {
         "checkpoint": str(checkpoint),
-        "window": int(settings.get("window", 13)),
-        "sigma": float(settings.get("sigma", 1.0)),
+        "window": window,
+        "sigma": sigma,
         "bands": bands,
         "results": results,
     }

@@ -363,3 +363,45 @@ def render_change_map(
     if path is not None:
         atomic_write_bytes(path, data)
     return data
+
+
+def as_reflectance(image: np.ndarray) -> np.ndarray:
+    """The identity: a MATTER model sees surface reflectance, as it did in training."""
+    return image
+
+
+def compare_with_baselines(
+    model: Any,
+    config: dict[str, Any],
+    datasets: dict[str, Iterable[ChangePair]],
+    window: int = 13,
+    sigma: float = DEFAULT_SIGMA,
+    previews: str | Path | None = None,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every dataset's pairs through a trained MATTER model, the same network untrained (seeded
+    from ``config['seed']``), and CVA, side by side: ``{dataset: evaluate_pairs(...)}``.
+
+    With ``previews``, the trained model's change map of each pair is written there as PNG.
+    """
+    import torch
+
+    from matter_model.checkpoint import build_model
+
+    torch.manual_seed(int(config.get("seed", 0)))
+    untrained = build_model(config).eval()
+    methods = {
+        "matter": model_features(model, window=window, normalize=as_reflectance),
+        "untrained": model_features(untrained, window=window, normalize=as_reflectance),
+        "cva": cva_features,
+    }
+    bands = list(config["bands"])
+    rgb = tuple(bands.index(b) if b in bands else i for i, b in enumerate(("B04", "B03", "B02")))
+
+    def keep_preview(method: str, pair: ChangePair, result: ChangeResult) -> None:
+        if previews is not None and method == "matter":
+            render_change_map(pair, result.prediction, Path(previews) / f"{pair.name}.png", rgb=rgb)
+
+    return {
+        name: evaluate_pairs(pairs, methods, sigma=sigma, on_result=keep_preview)
+        for name, pairs in datasets.items()
+    }

@@ -11,27 +11,30 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Band:
-    """A Sentinel-2 L2A band: its ESA name, Earth Search v1 asset key, and native resolution."""
+    """A Sentinel-2 L2A band: ESA name, Earth Search v1 asset key, native resolution, and the
+    description and wavelengths (um) that Earth Search writes into ``eo:bands``."""
 
     name: str
     earth_search_key: str
     resolution_m: int
     center_wavelength_um: float | None = None
+    full_width_half_max_um: float | None = None
+    description: str = ""
 
 
 SPECTRAL_BANDS: tuple[Band, ...] = (
-    Band("B01", "coastal", 60, 0.443),
-    Band("B02", "blue", 10, 0.490),
-    Band("B03", "green", 10, 0.560),
-    Band("B04", "red", 10, 0.665),
-    Band("B05", "rededge1", 20, 0.704),
-    Band("B06", "rededge2", 20, 0.740),
-    Band("B07", "rededge3", 20, 0.783),
-    Band("B08", "nir", 10, 0.842),
-    Band("B8A", "nir08", 20, 0.865),
-    Band("B09", "nir09", 60, 0.945),
-    Band("B11", "swir16", 20, 1.610),
-    Band("B12", "swir22", 20, 2.190),
+    Band("B01", "coastal", 60, 0.443, 0.027, "Coastal aerosol (band 1)"),
+    Band("B02", "blue", 10, 0.49, 0.098, "Blue (band 2)"),
+    Band("B03", "green", 10, 0.56, 0.045, "Green (band 3)"),
+    Band("B04", "red", 10, 0.665, 0.038, "Red (band 4)"),
+    Band("B05", "rededge1", 20, 0.704, 0.019, "Red edge 1 (band 5)"),
+    Band("B06", "rededge2", 20, 0.74, 0.018, "Red edge 2 (band 6)"),
+    Band("B07", "rededge3", 20, 0.783, 0.028, "Red edge 3 (band 7)"),
+    Band("B08", "nir", 10, 0.842, 0.145, "NIR 1 (band 8)"),
+    Band("B8A", "nir08", 20, 0.865, 0.033, "NIR 2 (band 8A)"),
+    Band("B09", "nir09", 60, 0.945, 0.026, "NIR 3 (band 9)"),
+    Band("B11", "swir16", 20, 1.61, 0.143, "SWIR 1 (band 11)"),
+    Band("B12", "swir22", 20, 2.19, 0.242, "SWIR 2 (band 12)"),
 )
 SCL = Band("SCL", "scl", 20)
 BANDS_BY_NAME: dict[str, Band] = {b.name: b for b in (*SPECTRAL_BANDS, SCL)}

@@ -54,22 +54,6 @@ DN_SCALE = 0.0001
 NOISE_SIGMA = 0.002  # sensor noise, reflectance units
 GRID_SNAP_M = 60
 
-# Description and full width at half maximum (um) per band, as Earth Search v1 writes them.
-BAND_INFO: dict[str, tuple[str, float]] = {
-    "B01": ("Coastal aerosol (band 1)", 0.027),
-    "B02": ("Blue (band 2)", 0.098),
-    "B03": ("Green (band 3)", 0.045),
-    "B04": ("Red (band 4)", 0.038),
-    "B05": ("Red edge 1 (band 5)", 0.019),
-    "B06": ("Red edge 2 (band 6)", 0.018),
-    "B07": ("Red edge 3 (band 7)", 0.028),
-    "B08": ("NIR 1 (band 8)", 0.145),
-    "B8A": ("NIR 2 (band 8A)", 0.033),
-    "B09": ("NIR 3 (band 9)", 0.026),
-    "B11": ("SWIR 1 (band 11)", 0.143),
-    "B12": ("SWIR 2 (band 12)", 0.242),
-}
-
 
 @dataclass(frozen=True)
 class RegionSpec:
@@ -446,20 +430,19 @@ def write_cog(path: Path, array: np.ndarray, affine: Affine, epsg: int) -> None:
 def band_asset(band_name: str, href: str, grid: TileGrid, baseline: str) -> dict:
     """An Earth Search v1 style asset for a spectral band."""
     spec = next(b for b in SPECTRAL_BANDS if b.name == band_name)
-    description, fwhm = BAND_INFO[band_name]
     key = spec.earth_search_key
     res = spec.resolution_m
     return {
         "href": href,
         "type": COG_TYPE,
-        "title": f"{description} - {res}m",
+        "title": f"{spec.description} - {res}m",
         "eo:bands": [
             {
                 "name": key,
                 "common_name": "rededge" if key.startswith("rededge") else key,
-                "description": description,
+                "description": spec.description,
                 "center_wavelength": spec.center_wavelength_um,
-                "full_width_half_max": fwhm,
+                "full_width_half_max": spec.full_width_half_max_um,
             }
         ],
         "gsd": res,

@@ -11,6 +11,7 @@ import torch
 from matter_model.change_detection import (
     ChangePair,
     ConfusionCounts,
+    compare_with_baselines,
     confusion_counts,
     cva_features,
     detect_changes,
@@ -175,3 +176,22 @@ def test_cva_on_one_real_oscd_city() -> None:
     city = report["cva"]["per_pair"]["nantes"]
     assert 0 < city["f1"] <= 1 and np.isfinite(city["threshold"])
     assert report["cva"]["micro"]["f1"] == city["f1"]
+
+
+def test_compare_with_baselines_runs_three_methods_and_writes_previews(tmp_path: Path) -> None:
+    from matter_model.checkpoint import build_model
+    from matter_model.train import load_config
+
+    config = load_config(
+        None, model={"width": 8, "blocks": [1], "tern_layers": 1, "codewords": 4, "embed_dim": 8}
+    )
+    model = build_model(config).eval()
+    pair = _synthetic_pair("square", seed=3)
+    nine = np.arange(9) % 4  # the model's 9 bands from the pair's 4
+    pair = ChangePair(pair.name, pair.image_1[nine], pair.image_2[nine], pair.truth, pair.valid)
+    results = compare_with_baselines(
+        model, config, {"synthetic": [pair]}, window=5, previews=tmp_path
+    )
+    assert set(results["synthetic"]) == {"matter", "untrained", "cva"}
+    assert results["synthetic"]["cva"]["micro"]["f1"] > 0.8
+    assert (tmp_path / "square.png").read_bytes().startswith(b"\x89PNG")
