@@ -22,6 +22,10 @@ class StacSearchError(RuntimeError):
     """A search that cannot give a trustworthy answer; the message says what to fix."""
 
 
+class EmptySearchError(StacSearchError):
+    """The API answered, but no item matches: a fact about the archive, not an outage."""
+
+
 @dataclass(frozen=True)
 class SearchRequest:
     """One STAC search: where, what, when."""
@@ -155,7 +159,7 @@ def search_items(request: SearchRequest) -> list[dict]:
     except (requests.ConnectionError, requests.Timeout, APIError) as err:
         raise StacSearchError(f"search at {request.url} failed: {err}") from None
     if not items:
-        raise StacSearchError(
+        raise EmptySearchError(
             f"no {request.collection} items over bbox {list(request.bbox)} between "
             f"{request.start} and {request.end} with eo:cloud_cover <= "
             f"{request.max_cloud_cover}%"
