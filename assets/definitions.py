@@ -9,7 +9,9 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import evaluation, imagery, model, patches
+from assets.executors import executor_from_env
 from assets.jobs import dataset_refresh, matter_chain, patch_dataset, pretrain_and_evaluate
+from assets.k8s import pipes_client
 from assets.partitions import CONFIG
 from assets.resources import DataStore, StacApi
 
@@ -26,6 +28,7 @@ defs = dg.Definitions(
             demo_world_root=str(_store.demo_world),
             demo_world_spec=CONFIG.stac.get("demo_world_spec", "default"),
         ),
-        "pipes": dg.PipesSubprocessClient(),
+        "pipes": pipes_client(CONFIG.training, _store.path()),
     },
+    executor=executor_from_env(),
 )

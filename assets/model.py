@@ -5,6 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.k8s import run_training
 from assets.partitions import CONFIG
 from assets.previews import png_metadata
 from assets.resources import DataStore
@@ -47,14 +48,18 @@ def training_command(store: DataStore) -> list[str]:
 
 @dg.asset(group_name=GROUP, deps=["patch_triplets"], kinds={"pytorch"})
 def matter_pretrained(
-    context: dg.AssetExecutionContext, store: DataStore, pipes: dg.PipesSubprocessClient
+    context: dg.AssetExecutionContext, store: DataStore, pipes: dg.ResourceParam[dg.PipesClient]
 ) -> dg.MaterializeResult:
     """The MATTER network pretrained on every shard of the patch store (a checkpoint file).
 
-    Training runs as a subprocess (the same command a GPU node runs), and reports its logs and
-    metrics back through Dagster Pipes.
+    Training runs as a subprocess, or as a pod on a Kubernetes GPU node with
+    ``training.launcher: kubernetes`` (the same command), and reports its logs and metrics back
+    through Dagster Pipes.
     """
-    result = pipes.run(command=training_command(store), context=context).get_materialize_result()
+    invocation = run_training(
+        pipes, context, training_command(store), CONFIG.training, store.path()
+    )
+    result = invocation.get_materialize_result()
     curve = store.model_dir / "loss_curve.png"
     return dg.MaterializeResult(
         metadata={
