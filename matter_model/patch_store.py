@@ -13,9 +13,11 @@ Layout (format ``matter-patch-store`` version 1)::
 Each array is sharded: one file per 64 triplets, one zstd chunk per triplet inside it, so a
 random read decodes only the patch it wants.
 
-A shard is written under a hidden temporary name and renamed into place, so a reader never sees
-a half-written shard; rewriting a shard with the same id replaces it whole (reruns are
-idempotent). Readers ignore every name that starts with a dot.
+A shard is written under a hidden temporary name, fsynced and renamed into place
+(``matter_model.atomic_io.atomic_directory``), so a reader never sees a half-written shard, even
+after the writer is killed with SIGKILL; rewriting a shard with the same id swaps it whole, and
+the same inputs give byte-identical files, so reruns are idempotent. Readers ignore every name
+that starts with a dot; the next write removes what killed writers left behind.
 """
 
 from __future__ import annotations

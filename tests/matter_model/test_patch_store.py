@@ -1,12 +1,22 @@
-"""The patch store: atomic shards, idempotent rewrites, band checks, reading by band name."""
+"""The patch store: atomic shards under kill -9, idempotent reruns, band checks, band names."""
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import zarr
 
+from matter_model import atomic_io
 from matter_model.patch_store import (
+    ROLES,
     PatchStoreError,
     StoreInfo,
     TripletDataset,
@@ -16,6 +26,7 @@ from matter_model.patch_store import (
 )
 
 INFO = StoreInfo(bands=("B02", "B03", "B04"), patch_size=8)
+CAPTURE = dict(capture_output=True, text=True, check=True)
 
 
 def _shard(n: int, value: float = 0.0) -> dict:
@@ -76,3 +87,99 @@ def test_bad_input_is_named(tmp_path) -> None:
     bad["positive"][0, 0, 0, 0] = np.nan
     with pytest.raises(PatchStoreError, match="NaN"):
         write_shard(tmp_path, "c", INFO, **bad)
+
+
+KILL_SHARDS = 6
+KILL_INFO = StoreInfo(bands=("B02", "B03", "B04", "B08"), patch_size=32)
+# The writer the kill test runs in a subprocess: every shard of the store, once or forever.
+WRITER = """
+import sys
+from tests.matter_model.test_patch_store import write_kill_store
+print("ready", flush=True)
+write_kill_store(sys.argv[1], forever=sys.argv[2] == "forever")
+"""
+
+
+def kill_shard(i: int) -> dict:
+    """The deterministic content of shard ``i`` of the kill test (large enough to take a while)."""
+    rng = np.random.default_rng(1000 + i)
+    n = 64
+    crops = [rng.random((n, 4, 32, 32), dtype=np.float32) for _ in range(3)]
+    return dict(
+        anchor=crops[0],
+        positive=crops[1],
+        negative=crops[2],
+        patches=pd.DataFrame({"region": [f"r{i}"] * n, "window_row": np.arange(n)}),
+    )
+
+
+def write_kill_store(root: str, forever: bool = False) -> None:
+    """Write every shard of the kill test's store; with ``forever``, rewrite them in a loop."""
+    while True:
+        for i in range(KILL_SHARDS):
+            write_shard(root, f"s{i:02d}", KILL_INFO, **kill_shard(i))
+        if not forever:
+            return
+
+
+def _files(root) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_kill_9_leaves_only_complete_shards_and_a_rerun_completes_the_store(tmp_path) -> None:
+    """SIGKILL a writer at random moments; every visible shard is whole, and a rerun rebuilds
+    the store byte for byte as an uninterrupted run writes it."""
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    write_kill_store(str(reference))
+    rng = np.random.default_rng(7)
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    leftovers = 0
+    for _ in range(4):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(killed), "forever"],
+            stdout=subprocess.PIPE,
+            cwd=repo,
+            env=env,
+        )
+        assert proc.stdout.readline() == b"ready\n"
+        time.sleep(rng.uniform(0.05, 0.8))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        assert proc.returncode == -signal.SIGKILL
+        visible = shard_ids(killed)
+        leftovers += len(list((killed / "shards").glob(".*")))
+        assert set(visible) <= {f"s{i:02d}" for i in range(KILL_SHARDS)}
+        for shard in visible:
+            expected = kill_shard(int(shard[1:]))
+            group = zarr.open_group(killed / "shards" / shard, mode="r")
+            for role in ROLES:
+                np.testing.assert_array_equal(group[role][:], expected[role], err_msg=shard)
+            pd.testing.assert_frame_equal(
+                pd.read_csv(killed / "shards" / shard / "patches.csv"), expected["patches"]
+            )
+        if visible:
+            assert len(TripletDataset(killed)) == 64 * len(visible)
+    assert leftovers > 0  # at least one kill landed in the middle of a shard write
+    write_kill_store(str(killed))  # the rerun
+    assert _files(killed) == _files(reference)
+    assert not list((killed / "shards").glob(".*"))  # the dead writers' leftovers are gone
+
+
+def test_a_dead_writers_leftovers_are_cleaned_and_a_live_ones_kept(tmp_path) -> None:
+    write_shard(tmp_path, "a", INFO, **_shard(2))
+    shards = tmp_path / "shards"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], **CAPTURE)
+    host = atomic_io._HOST
+    (shards / f".tmp.{host}.{int(dead.stdout)}.0f.b").mkdir()
+    (shards / f".trash.{host}.{int(dead.stdout)}.1f.c").mkdir()  # a swap killed midway
+    live = shards / f".tmp.{host}.{os.getpid()}.2f.d"
+    live.mkdir()
+    assert atomic_io.clean_stale(shards) == [
+        f".tmp.{host}.{int(dead.stdout)}.0f.b",
+        f".trash.{host}.{int(dead.stdout)}.1f.c",
+    ]
+    assert sorted(p.name for p in shards.iterdir()) == [live.name, "a", "c"]
