@@ -17,6 +17,8 @@ import yaml
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 ENDPOINTS = {
     "earth-search": "https://earth-search.aws.element84.com/v1",
+    # Its asset hrefs are signed at search time and re-signed before each read (stac/signing.py).
+    "planetary-computer": "https://planetarycomputer.microsoft.com/api/stac/v1",
 }
 
 
@@ -47,6 +49,8 @@ class ProjectConfig:
     training: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
     storage: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)
+    sensor: dict[str, Any] = field(default_factory=dict)
 
     def region(self, name: str) -> Region:
         for region in self.regions:
@@ -88,6 +92,8 @@ def parse_config(raw: dict[str, Any], path: Path) -> ProjectConfig:
             "training",
             "evaluation",
             "storage",
+            "checks",
+            "sensor",
         )
     }
     return ProjectConfig(path=path, regions=tuple(regions), **sections)

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import evaluation, imagery, model, patches
+from assets import checks, evaluation, imagery, model, patches
 from assets.executors import executor_from_env
 from assets.jobs import dataset_refresh, matter_chain, patch_dataset, pretrain_and_evaluate
 from assets.k8s import pipes_client
 from assets.partitions import CONFIG
 from assets.resources import DataStore, StacApi
+from assets.sensors import new_scenes
 
 _store = DataStore(root=str(CONFIG.storage.get("root", ".demo/data")))
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([imagery, patches, model, evaluation]),
+    asset_checks=dg.load_asset_checks_from_modules([checks]),
     jobs=[matter_chain, patch_dataset, pretrain_and_evaluate],
     schedules=[dataset_refresh],
+    sensors=[new_scenes],
     resources={
         "store": _store,
         "stac": StacApi(

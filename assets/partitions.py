@@ -51,9 +51,16 @@ class RegionWindow:
     def key(self) -> str:
         return f"{self.region}|{self.window}"
 
+    @property
+    def shard_id(self) -> str:
+        """The partition's shard in the patch store."""
+        return f"{self.region}__{self.window}"
 
-def region_window(context: dg.AssetExecutionContext) -> RegionWindow:
-    """The partition an asset run is for."""
+
+def region_window(
+    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext,
+) -> RegionWindow:
+    """The partition an asset (or asset check) run is for."""
     key = REGION_WINDOWS.get_partition_key_from_str(context.partition_key)
     dims = key.keys_by_dimension
     window = REGION_WINDOWS.get_partitions_def_for_dimension("window")

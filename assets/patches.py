@@ -61,7 +61,7 @@ def patch_triplets(context: dg.AssetExecutionContext, store: DataStore) -> dg.Ma
     screen = pd.read_csv(store.screen(part.region, part.window))
     triplets = cut_triplets(stack, screen, **CONFIG.tiling)
     bands = list(CONFIG.tiling["bands"])
-    shard_id = f"{part.region}__{part.window}"
+    shard_id = part.shard_id
     shard = write_shard(
         store.patch_store,
         shard_id=shard_id,

@@ -1,0 +1,242 @@
+"""Asset checks: is each stage's output plausible before the next stage builds on it?
+
+Every check is blocking: when it fails, the downstream assets of that partition do not run in the
+same run, and the result, with the figures it judged, shows on the asset's "Checks" tab in the UI.
+Thresholds come from the ``checks:`` section of the project configuration (defaults below).
+"""
+
+import warnings
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import zarr
+
+from assets.imagery import coregistered_stack
+from assets.partitions import CONFIG, REGION_WINDOWS, region_window
+from assets.patches import change_screen, patch_triplets
+from assets.resources import DataStore
+from matter_model.patch_store import ROLES
+from pipelines.coregistration import estimate_shift, open_stack
+
+DEFAULTS = {
+    # share of a stack's pixel-dates that are cloud-free (valid); below it the stack is useless
+    "min_cloud_free_fraction": 0.3,
+    # shift between the reference date and a corrected date, measured again after correction
+    "max_residual_shift_px": 0.5,
+    # share of a region's valid windows kept as unchanged: near 0 or 1 means a broken screen
+    "unchanged_share": [0.02, 0.98],
+    # dates whose overlap with the reference is under this share are not re-measured
+    "min_overlap_fraction": 0.2,
+    # side of the central crop the residual is measured on (bounds the cost on full tiles)
+    "residual_crop_px": 1024,
+}
+# Partitioned asset checks are marked "preview" in this Dagster release; they are what lets a
+# check judge the partition its asset run materialised, so the warning is acknowledged here.
+warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec")
+# Triplets read at a time by the patch check: bounded memory on shards of any size.
+PATCH_BLOCK = 256
+
+
+def setting(name: str):
+    """A check threshold: the configuration's ``checks.<name>``, else the default."""
+    return CONFIG.checks.get(name, DEFAULTS[name])
+
+
+@dg.asset_check(asset=coregistered_stack, blocking=True, partitions_def=REGION_WINDOWS)
+def cloud_free_fraction(
+    context: dg.AssetCheckExecutionContext, store: DataStore
+) -> dg.AssetCheckResult:
+    """Enough of the stack is cloud-free (valid in SCL) to be worth screening and tiling."""
+    part = region_window(context)
+    stack = open_stack(store.stack(part.region, part.window))
+    per_date = stack["valid_fraction"].values.astype(float)
+    dates = [str(t)[:10] for t in stack["time"].values.astype("datetime64[D]")]
+    overall = float(per_date.mean())
+    threshold = float(setting("min_cloud_free_fraction"))
+    return dg.AssetCheckResult(
+        passed=overall >= threshold,
+        description=f"{overall:.1%} of the pixel-dates are cloud-free (threshold {threshold:.0%})",
+        metadata={
+            "cloud_free_fraction": overall,
+            "threshold": threshold,
+            "per_date": dg.MetadataValue.json(
+                dict(zip(dates, per_date.round(4).tolist(), strict=True))
+            ),
+        },
+    )
+
+
+def residual_shifts(stack, band: str = "B08") -> dict[str, float | None]:
+    """Per date: the shift (px) still left between it and the reference date after correction.
+
+    Measured on a central crop of the stack with the same estimator that corrected it; None
+    for the reference date and for dates that overlap it too little to measure.
+    """
+    crop = int(setting("residual_crop_px"))
+    height, width = stack.sizes["y"], stack.sizes["x"]
+    y0, x0 = max(0, (height - crop) // 2), max(0, (width - crop) // 2)
+    window = {"y": slice(y0, y0 + crop), "x": slice(x0, x0 + crop)}
+    reflectance = stack["reflectance"].sel(band=band).isel(window).values
+    valid = stack["valid"].isel(window).values
+    dates = [str(t)[:10] for t in stack["time"].values.astype("datetime64[D]")]
+    reference = dates.index(str(stack.attrs["reference_date"])[:10])
+    residuals: dict[str, float | None] = {}
+    for t, date in enumerate(dates):
+        both = valid[t] & valid[reference]
+        if t == reference or both.mean() < float(setting("min_overlap_fraction")):
+            residuals[date] = None
+            continue
+        shift = estimate_shift(
+            np.nan_to_num(reflectance[reference]), np.nan_to_num(reflectance[t]), both
+        )
+        residuals[date] = float(np.hypot(*shift))
+    return residuals
+
+
+@dg.asset_check(asset=coregistered_stack, blocking=True, partitions_def=REGION_WINDOWS)
+def coregistration_residual(
+    context: dg.AssetCheckExecutionContext, store: DataStore
+) -> dg.AssetCheckResult:
+    """After correction, no date is still shifted against the reference by more than the limit."""
+    part = region_window(context)
+    residuals = residual_shifts(open_stack(store.stack(part.region, part.window)))
+    measured = [r for r in residuals.values() if r is not None]
+    worst = max(measured, default=0.0)
+    threshold = float(setting("max_residual_shift_px"))
+    return dg.AssetCheckResult(
+        passed=worst <= threshold,
+        description=(
+            f"largest residual shift {worst:.3f} px over {len(measured)} re-measured date(s) "
+            f"(threshold {threshold} px)"
+        ),
+        metadata={
+            "max_residual_px": worst,
+            "threshold_px": threshold,
+            "per_date_px": dg.MetadataValue.json(
+                {d: None if r is None else round(r, 4) for d, r in residuals.items()}
+            ),
+        },
+    )
+
+
+@dg.asset_check(asset=change_screen, blocking=True, partitions_def=REGION_WINDOWS)
+def unchanged_share(
+    context: dg.AssetCheckExecutionContext, store: DataStore
+) -> dg.AssetCheckResult:
+    """The share of valid windows kept as unchanged is neither implausibly low nor high.
+
+    Near 0 the threshold or the radiometry is off; near 1 the screen sees no change at all. A
+    partition without a single valid window (all cloudy) is a warning, not a failure: tiling
+    then writes an empty shard.
+    """
+    part = region_window(context)
+    table = pd.read_csv(store.screen(part.region, part.window))
+    min_valid = float(CONFIG.screen.get("min_valid_fraction", 0.9))
+    valid_windows = int((table["min_valid_fraction"] >= min_valid).sum())
+    kept = int(table["unchanged"].sum())
+    low, high = (float(v) for v in setting("unchanged_share"))
+    if valid_windows == 0:
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            description="no window is valid enough at every date (all cloudy?): nothing to tile",
+            metadata={"windows": len(table), "valid_windows": 0},
+        )
+    share = kept / valid_windows
+    return dg.AssetCheckResult(
+        passed=low <= share <= high,
+        description=f"{kept} of {valid_windows} valid windows kept ({share:.1%}; "
+        f"plausible range {low:.0%}-{high:.0%})",
+        metadata={
+            "unchanged_share": share,
+            "kept": kept,
+            "valid_windows": valid_windows,
+            "range": [low, high],
+        },
+    )
+
+
+def bad_patches(group: zarr.Group) -> dict[str, dict[str, int]]:
+    """Per role, the patches holding NaN or infinity and the flat ones (one value throughout)."""
+    counts = {"non_finite": dict.fromkeys(ROLES, 0), "flat": dict.fromkeys(ROLES, 0)}
+    for role in ROLES:
+        array = group[role]
+        for start in range(0, array.shape[0], PATCH_BLOCK):
+            block = (
+                array[start : start + PATCH_BLOCK]
+                .astype(np.float32)
+                .reshape(min(PATCH_BLOCK, array.shape[0] - start), -1)
+            )
+            finite = np.isfinite(block).all(axis=1)
+            counts["non_finite"][role] += int((~finite).sum())
+            counts["flat"][role] += int((np.ptp(block[finite], axis=1) == 0).sum())
+    return counts
+
+
+@dg.asset_check(asset=patch_triplets, blocking=True, partitions_def=REGION_WINDOWS)
+def patches_finite_and_not_empty(
+    context: dg.AssetCheckExecutionContext, store: DataStore
+) -> dg.AssetCheckResult:
+    """No anchor, positive or negative patch holds NaN or infinity, or is one flat value."""
+    part = region_window(context)
+    group = zarr.open_group(store.patch_store / "shards" / part.shard_id, mode="r")
+    counts = bad_patches(group)
+    bad = sum(sum(per_role.values()) for per_role in counts.values())
+    triplets = int(group["anchor"].shape[0])
+    return dg.AssetCheckResult(
+        passed=bad == 0,
+        description=f"{bad} bad patch(es) in {triplets} triplets",
+        metadata={
+            "triplets": triplets,
+            "patches_with_nan_or_inf": dg.MetadataValue.json(counts["non_finite"]),
+            "flat_patches": dg.MetadataValue.json(counts["flat"]),
+        },
+    )
+
+
+def predicted_triplets(
+    valid: np.ndarray,
+    screen: pd.DataFrame,
+    min_valid_fraction: float = 0.9,
+    min_negative_distance_px: int = 64,
+    max_pairs_per_window: int | None = None,
+    **_: object,
+) -> int:
+    """How many triplets the screen's unchanged windows allow, counted from the masks alone.
+
+    A kept window gives one triplet per ordered pair of dates where it is valid enough at both,
+    provided another kept window lies far enough away to serve as its negative.
+    """
+    kept = screen[screen["unchanged"]]
+    if kept.empty:
+        return 0
+    size = int(kept["size"].iloc[0])
+    centres = kept[["y0", "x0"]].to_numpy(dtype=np.float64) + size / 2
+    total = 0
+    for w, (y0, x0) in enumerate(kept[["y0", "x0"]].to_numpy()):
+        if not (np.hypot(*(centres - centres[w]).T) >= min_negative_distance_px).any():
+            continue
+        per_date = valid[:, y0 : y0 + size, x0 : x0 + size].mean(axis=(1, 2))
+        dates = int((per_date >= min_valid_fraction).sum())
+        pairs = dates * (dates - 1)
+        total += pairs if max_pairs_per_window is None else min(pairs, max_pairs_per_window)
+    return total
+
+
+@dg.asset_check(asset=patch_triplets, blocking=True, partitions_def=REGION_WINDOWS)
+def patch_count_matches_windows(
+    context: dg.AssetCheckExecutionContext, store: DataStore
+) -> dg.AssetCheckResult:
+    """The shard holds exactly the triplets its unchanged windows predict: none lost, none extra."""
+    part = region_window(context)
+    stack = open_stack(store.stack(part.region, part.window))
+    screen = pd.read_csv(store.screen(part.region, part.window))
+    expected = predicted_triplets(stack["valid"].values, screen, **CONFIG.tiling)
+    table = store.patch_store / "shards" / part.shard_id / "patches.csv"
+    actual = len(pd.read_csv(table))
+    return dg.AssetCheckResult(
+        passed=actual == expected,
+        description=f"{actual} triplets written, {expected} predicted by the unchanged windows",
+        metadata={"written": actual, "predicted": expected},
+    )
