@@ -10,7 +10,8 @@ from assets.previews import figure_png, png_metadata, true_colour
 from assets.resources import DataStore, StacApi
 from matter_model.atomic_io import atomic_write_text
 from pipelines.coregistration import coregister, region_grid, utm_epsg, write_stack
-from pipelines.stac import SearchRequest, search_items
+from pipelines.stac import SearchRequest, StacSearchError, item_mgrs_tile, search_items
+from pipelines.stac.items import split_usable
 
 GROUP = "imagery"
 
@@ -19,19 +20,30 @@ GROUP = "imagery"
 def stac_items(
     context: dg.AssetExecutionContext, stac: StacApi, store: DataStore
 ) -> dg.MaterializeResult:
-    """Sentinel-2 L2A items over the region in the time window, under the cloud-cover limit."""
+    """Sentinel-2 L2A items over the region in the time window, under the cloud-cover limit.
+
+    Items the pipeline cannot read (missing bands, projection or processing baseline) are
+    skipped; their count and reasons go into the metadata.
+    """
     part = region_window(context)
     region = CONFIG.region(part.region)
     request = SearchRequest(
         url=stac.url,
-        collection=CONFIG.stac.get("collection", "sentinel-2-l2a"),
+        collections=(CONFIG.stac.get("collection", "sentinel-2-l2a"),),
         bbox=region.bbox,
         start=part.start.isoformat(),
         end=part.end.isoformat(),
         max_cloud_cover=float(CONFIG.stac.get("max_cloud_cover", 100)),
         mgrs_tiles=region.mgrs_tiles,
     )
-    items = search_items(request)
+    found = search_items(request)
+    items, skipped = split_usable(found)
+    reasons = {s.item_id: s.reason for s in skipped}
+    if not items:
+        raise StacSearchError(
+            f"none of the {len(found)} items found for {part.region} {part.window} is usable: "
+            f"{reasons}"
+        )
     path = store.items(part.region, part.window)
     atomic_write_text(path, json.dumps({"type": "FeatureCollection", "features": items}))
     clouds = [it["properties"]["eo:cloud_cover"] for it in items]
@@ -39,7 +51,9 @@ def stac_items(
         metadata={
             "items": len(items),
             "dates": sorted({it["properties"]["datetime"][:10] for it in items}),
-            "tiles": sorted({it["properties"].get("grid:code", "?") for it in items}),
+            "tiles": sorted({item_mgrs_tile(it) or "?" for it in items}),
+            "items_skipped": len(skipped),
+            "skipped_reasons": dg.MetadataValue.json(reasons),
             "mean_cloud_cover_pct": float(np.mean(clouds)),
             "endpoint": request.url if not stac.is_demo else "demo world (rustac serve)",
             "path": dg.MetadataValue.path(str(path)),

@@ -32,6 +32,7 @@ from zarr.errors import UnstableSpecificationWarning
 
 from matter_model.atomic_io import atomic_directory
 from pipelines.bands import SCL, SCL_INVALID_DEFAULT, SPECTRAL_BANDS, asset_key, band
+from pipelines.stac.signing import HrefSigner, refresh_signature, unsigned
 
 BASELINE_WITH_OFFSET = (4, 0)  # from processing baseline 04.00 on, DN carry a +1000 offset
 BOA_OFFSET = -0.1
@@ -99,18 +100,24 @@ def item_epsg(item: dict) -> int:
     raise CoregistrationError(f"item {item['id']} carries neither proj:epsg nor an EPSG proj:code")
 
 
-def resolve_href(href: str, href_rewrites: Sequence[tuple[str, str]] = ()) -> str:
+def resolve_href(
+    href: str,
+    href_rewrites: Sequence[tuple[str, str]] = (),
+    sign: HrefSigner = refresh_signature,
+) -> str:
     """Apply the first matching (prefix, replacement) rewrite, then turn ``file://`` into a path.
 
-    Rewrites map cloud hrefs to a local mirror or cache (``https://bucket/...`` -> ``/mirror/...``).
+    Rewrites map cloud hrefs to a local mirror or cache (``https://bucket/...`` -> ``/mirror/...``),
+    dropping a SAS token on the way. An href still in the cloud goes through ``sign`` just before
+    the read: by default an expiring Planetary Computer signature is renewed.
     """
     for prefix, replacement in href_rewrites:
         if href.startswith(prefix):
-            href = replacement + href[len(prefix) :]
+            href = replacement + unsigned(href)[len(prefix) :]
             break
     if href.startswith("file://"):
         return unquote(urlparse(href).path)
-    return href
+    return sign(href)
 
 
 def reflectance_offset(item: dict) -> float:

@@ -67,7 +67,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 def _request(url: str, **changes) -> SearchRequest:
     base = dict(
         url=url,
-        collection="sentinel-2-l2a",
+        collections=("sentinel-2-l2a",),
         bbox=BBOX,
         start="2024-04-01",
         end="2024-07-01",
@@ -94,7 +94,11 @@ def test_search_pages_through_results(server: StacServer) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"collection": "sentinel-1-grd"}, "unknown collection 'sentinel-1-grd'"),
+        ({"collections": ("sentinel-1-grd",)}, "unknown collection 'sentinel-1-grd'"),
+        ({"mgrs_tiles": ("32XYZ1",)}, "not a Sentinel-2 tile id"),
+        ({"page_size": 0}, "page_size must be at least 1"),
+        ({"bbox": None, "intersects": {"type": "Point"}}, "GeoJSON geometry"),
+        ({"intersects": {"type": "Point", "coordinates": [9.05, 45.05]}}, "not both"),
         ({"bbox": (9.1, 45.0, 9.0, 45.1)}, "inverted"),
         ({"bbox": (500000.0, 5000000.0, 510000.0, 5010000.0)}, "WGS84 degrees"),
         ({"start": "2024-07-01", "end": "2024-04-01"}, "wrong order"),
