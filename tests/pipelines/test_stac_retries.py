@@ -58,7 +58,12 @@ class FlakyStacApi(ThreadingHTTPServer):
             "links": [
                 {"rel": "self", "href": self.url},
                 {"rel": "root", "href": self.url},
-                {"rel": "search", "href": f"{self.url}/search", "method": "POST"},
+                {
+                    "rel": "search",
+                    "type": "application/geo+json",
+                    "href": f"{self.url}/search",
+                    "method": "POST",
+                },
             ],
         }
 
@@ -73,11 +78,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.requests.append(f"{self.command} {self.path}")
             failing = len(self.server.requests) <= self.server.failures
         if failing and self.server.stall_s:
-            time.sleep(self.server.stall_s)
+            time.sleep(self.server.stall_s)  # past the client's timeout: it has hung up
         elif failing:
             self._send(self.server.status, {"code": "unavailable"})
-            return
-        self._send(200, self.server.document(self.path.rstrip("/") or "/"))
+        else:
+            self._send(200, self.server.document(self.path.rstrip("/") or "/"))
 
     def _send(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
