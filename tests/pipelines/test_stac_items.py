@@ -100,3 +100,36 @@ def test_items_missing_bands_or_projection_are_skipped_and_counted(real_data, ca
         (no_proj["id"], "carries neither proj:epsg nor an EPSG proj:code"),
     ]
     assert sum("skipping STAC item" in r.message for r in caplog.records) == 2
+
+
+def test_the_stac_items_asset_counts_skipped_items_in_its_metadata(
+    tiny_world: Path, tmp_path: Path
+) -> None:
+    """The demo world's Lombardy items, one of the July window's two without its SCL asset."""
+    import dagster as dg
+
+    from assets import imagery
+    from assets.resources import DataStore, StacApi
+    from pipelines.stac import StacServer
+
+    collection = json.loads((tiny_world / "items.json").read_text())
+    by_id = {f["id"]: f for f in collection["features"]}
+    del by_id["S2B_32TNR_20240719_0_L2A"]["assets"]["scl"]
+    (tmp_path / "items.json").write_text(json.dumps(collection))
+    with StacServer([tiny_world / "collection.json", tmp_path / "items.json"]) as server:
+        result = dg.materialize(
+            [imagery.stac_items],
+            partition_key="lombardy|2024-07-01",
+            resources={
+                "store": DataStore(root=str(tmp_path)),
+                "stac": StacApi(endpoint=server.url),
+            },
+        )
+    metadata = result.get_asset_materialization_events()[0].materialization.metadata
+    assert metadata["items"].value == 1
+    assert metadata["items_skipped"].value == 1
+    assert metadata["skipped_reasons"].value == {
+        "S2B_32TNR_20240719_0_L2A": "no asset for bands SCL"
+    }
+    written = json.loads((tmp_path / "items" / "lombardy" / "2024-07-01.json").read_text())
+    assert [f["id"] for f in written["features"]] == ["S2A_32TNR_20240823_0_L2A"]
