@@ -1,84 +1,18 @@
-"""OSCD reader: tiny fixtures in the official layout, and the real dataset when present."""
+"""OSCD reader: tiny fixtures in the official layout (``oscd_fixtures.py``), and the real dataset
+when present."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
-from rasterio.errors import NotGeoreferencedWarning
-from rasterio.transform import Affine
 
-from matter_model.datasets.oscd import (
-    ALL_BANDS,
-    IMAGES_DIR,
-    LABEL_DIRS,
-    MATTER_BANDS,
-    OSCD,
-    OSCDError,
-)
+from matter_model.datasets.oscd import IMAGES_DIR, MATTER_BANDS, OSCD, OSCDError
 from tests.conftest import REAL_DATA
+from tests.matter_model.oscd_fixtures import BOUNDS, make_city
 
 REAL_ROOT = REAL_DATA / "oscd"
-NATIVE_M = {"B02": 10, "B03": 10, "B04": 10, "B08": 10, "B01": 60, "B09": 60, "B10": 60}
-BOUNDS = (2.0, 48.0, 2.0 + 24e-4, 48.0 + 20e-4)  # 24 x 20 px of 1e-4 deg at "10 m"
-
-
-def _write_tif(path: Path, data: np.ndarray, bounds: tuple[float, ...] | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    profile = {"driver": "GTiff", "height": data.shape[0], "width": data.shape[1], "count": 1}
-    profile["dtype"] = data.dtype.name
-    if bounds is not None:
-        profile["crs"] = "EPSG:4326"
-        west, south, east, north = bounds
-        h, w = data.shape
-        profile["transform"] = Affine(
-            (east - west) / w, 0.0, west, 0.0, -(north - south) / h, north
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # labels carry no georeference
-        with rasterio.open(path, "w", **profile) as ds:
-            ds.write(data, 1)
-
-
-def _ramp(shape: tuple[int, int], bounds: tuple[float, ...]) -> np.ndarray:
-    """DN that grow linearly with longitude: identical wherever two grids see the same place."""
-    west, _, east, _ = bounds
-    h, w = shape
-    lon = west + (np.arange(w) + 0.5) * (east - west) / w
-    return np.broadcast_to(1000 + (lon - west) * 1e6, (h, w)).astype(np.uint16)
-
-
-def make_city(
-    root: Path,
-    city: str = "town",
-    shape: tuple[int, int] = (20, 24),
-    shape_2: tuple[int, int] | None = None,
-    bounds_2: tuple[float, ...] = BOUNDS,
-    label_shape: tuple[int, int] | None = None,
-    label: bool = True,
-    missing: str | None = None,
-) -> None:
-    """Write one city in the official OSCD layout under ``root``."""
-    images = root / IMAGES_DIR
-    (images / city).mkdir(parents=True, exist_ok=True)
-    (images / "train.txt").write_text(f"{city}")
-    (images / "test.txt").write_text("")
-    (images / city / "dates.txt").write_text("date_1: 20160120\ndate_2: 20180328\n")
-    for folder, shp, bnd in (("imgs_1", shape, BOUNDS), ("imgs_2", shape_2 or shape, bounds_2)):
-        for band in ALL_BANDS:
-            if band == missing and folder == "imgs_2":
-                continue
-            f = NATIVE_M.get(band, 20) // 10
-            native = (max(shp[0] // f, 1), max(shp[1] // f, 1))
-            _write_tif(images / city / folder / f"T31UDQ_{band}.tif", _ramp(native, bnd), bnd)
-    if label:
-        lh, lw = label_shape or shape
-        cm = np.ones((lh, lw), dtype=np.uint8)
-        cm[2:6, 3:9] = 2
-        _write_tif(root / LABEL_DIRS[0] / city / "cm" / f"{city}-cm.tif", cm, None)
 
 
 def test_fixture_loads_on_the_10m_grid(tmp_path: Path) -> None:

@@ -1,0 +1,129 @@
+"""A patch store of real Sentinel-2 imagery: the unlabelled OSCD test-city pairs.
+
+Each OSCD city is one two-date scene on ``imgs_1``'s 10 m grid (see
+:mod:`matter_model.datasets.oscd`). It goes through the same change screen and triplet tiling as
+the co-registered STAC stacks: windows that stayed unchanged between the two dates become
+anchor / positive pairs, another unchanged window of the same city the negative. One shard per
+city (``oscd-<city>``), so a rerun replaces each city whole.
+
+Only cities without a change label are used by default (``test.txt``): the labelled ones are the
+evaluation set and must not be seen in pretraining. The imagery is L1C top-of-atmosphere
+reflectance (DN / 10000), unlike the L2A surface reflectance the STAC path yields, so a store
+built here must not be mixed with one of L2A patches.
+
+``python -m pipelines.oscd_patches --root ../shared/data/oscd --out .demo/oscd/patches``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from matter_model.datasets.oscd import MATTER_BANDS, OSCD, OSCDCity, OSCDError
+from matter_model.patch_store import StoreInfo, write_shard
+from pipelines.change_screen import screen_windows
+from pipelines.tiling import cut_triplets
+
+# Dates missing from a city's dates.txt get these placeholders (the tiling needs two labels).
+_PLACEHOLDER_DATES = ("2000-01-01", "2000-01-02")
+
+
+def city_stack(city: OSCDCity) -> xr.Dataset:
+    """One OSCD city as a two-date stack in the layout the change screen and tiling read."""
+    dates = [str(d) for d in city.dates] if city.dates else list(_PLACEHOLDER_DATES)
+    if city.crs.to_epsg() is None:
+        raise OSCDError(f"city {city.name!r}: CRS {city.crs} has no EPSG code")
+    valid = np.broadcast_to(city.valid, (2, *city.valid.shape)).copy()
+    return xr.Dataset(
+        {
+            "reflectance": (("time", "band", "y", "x"), np.stack([city.image_1, city.image_2])),
+            "valid": (("time", "y", "x"), valid),
+        },
+        coords={"time": np.array(dates, dtype="datetime64[ns]"), "band": list(city.bands)},
+        attrs={
+            "crs": f"EPSG:{city.crs.to_epsg()}",
+            "transform": list(city.transform)[:6],
+            "region": f"oscd-{city.name}",
+            "tiles": "",
+        },
+    )
+
+
+def build_oscd_patch_store(
+    root: str | Path,
+    out: str | Path,
+    cities: Sequence[str] | None = None,
+    bands: Sequence[str] = MATTER_BANDS,
+    window: int = 32,
+    threshold: float = 1.2,
+    min_valid_fraction: float = 0.9,
+    min_negative_distance_px: int = 64,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[str, int]:
+    """Screen and tile ``cities`` (default: the unlabelled ones) into the store at ``out``.
+
+    Returns the number of triplets written per city.
+    """
+    dataset = OSCD(root)
+    labelled = set(dataset.labelled_cities())
+    if cities is None:
+        cities = [c for c in dataset.cities("all") if c not in labelled]
+    if not cities:
+        raise OSCDError(f"no unlabelled OSCD city under {root} to pretrain on")
+    info = StoreInfo(tuple(bands), window)
+    written: dict[str, int] = {}
+    for name in cities:
+        stack = city_stack(dataset.load(name, bands))
+        screen = screen_windows(stack, window, threshold, min_valid_fraction)
+        triplets = cut_triplets(
+            stack, screen, list(bands), seed, min_valid_fraction, min_negative_distance_px
+        )
+        write_shard(
+            out,
+            f"oscd-{name}",
+            info,
+            triplets.anchor,
+            triplets.positive,
+            triplets.negative,
+            triplets.patches,
+        )
+        written[name] = len(triplets.patches)
+        unchanged = int(screen["unchanged"].sum())
+        log(f"{name}: {unchanged}/{len(screen)} windows unchanged, {written[name]} triplets")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.oscd_patches", description=__doc__)
+    parser.add_argument("--root", required=True, help="folder holding the OSCD '... - Images'")
+    parser.add_argument("--out", required=True, help="patch store root to write")
+    parser.add_argument("--cities", help="comma-separated; default: every unlabelled city")
+    parser.add_argument("--window", type=int, default=32, help="crop size in px")
+    parser.add_argument("--threshold", type=float, default=1.2, help="change-screen threshold")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    cities = [c.strip() for c in args.cities.split(",") if c.strip()] if args.cities else None
+    try:
+        written = build_oscd_patch_store(
+            args.root,
+            args.out,
+            cities,
+            window=args.window,
+            threshold=args.threshold,
+            seed=args.seed,
+        )
+    except (OSCDError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from exc
+    print(f"{sum(written.values())} triplets from {len(written)} cities in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
