@@ -3,8 +3,8 @@
 Filters go to the server in the richest form it conforms to: CQL2 ``filter`` (Planetary
 Computer), else the ``query`` extension (Earth Search v1 advertises only that), else none. Every
 filter is also applied on the client, because servers disagree on what they honour: ``rustac
-serve`` answers an unknown filter with HTTP 200 and no items, and Earth Search has answered a
-cloud-cover filter with Sentinel-1 scenes that carry no cloud cover at all.
+serve`` answers an unknown filter with HTTP 200 and no items, and Earth Search v1 ignores a CQL2
+cloud-cover filter (recorded: scenes over the limit, and Sentinel-1 scenes without cloud cover).
 
 Requests are retried with exponential backoff on HTTP 429 and 5xx, refused connections and
 timeouts. Planetary Computer items come back with signed asset hrefs (see ``signing``).
@@ -22,7 +22,7 @@ from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 from urllib3.util.retry import Retry
 
-from pipelines.stac.signing import is_planetary_computer, sign_item
+from pipelines.stac.signing import SigningError, is_planetary_computer, sign_item
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 MGRS_TILE = re.compile(r"^(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z][A-HJ-NP-V])$")
@@ -285,7 +285,10 @@ def search_items(request: SearchRequest) -> list[dict]:
         _check_collections(client, request)
         raise EmptySearchError(_nothing_found(request))
     if is_planetary_computer(request.url):
-        items = [sign_item(item) for item in items]
+        try:
+            items = [sign_item(item) for item in items]
+        except SigningError as err:
+            raise StacSearchError(str(err)) from None
     return sorted(items, key=lambda it: (it["properties"]["datetime"], it["id"]))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.stac import SearchRequest, StacSearchError, StacServer, search_items
+from pipelines.stac.search import normalise_mgrs_tile
 from pipelines.stac.server import free_port
 
 BBOX = (9.0, 45.0, 9.1, 45.1)
@@ -123,3 +124,23 @@ def test_server_leaves_no_process_behind_even_on_error(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.mark.parametrize(
+    ("written", "canonical"),
+    [
+        ("32TNS", "32TNS"),
+        ("32tns", "32TNS"),
+        ("T32TNS", "32TNS"),
+        ("5VNK", "05VNK"),
+        ("MGRS-13TDE", "13TDE"),
+    ],
+)
+def test_mgrs_tiles_are_read_in_the_forms_people_write_them(written: str, canonical: str) -> None:
+    assert normalise_mgrs_tile(written) == canonical
+
+
+@pytest.mark.parametrize("written", ["61TNS", "32ONS", "32TNW", "32TN", "tile"])
+def test_a_malformed_mgrs_tile_is_refused(written: str) -> None:
+    with pytest.raises(StacSearchError, match="like 32TNS"):
+        normalise_mgrs_tile(written)
