@@ -31,10 +31,21 @@ lint: install
 ui: install instance
 	$(VENV)/bin/dagster-webserver -w workspace.yaml -h 127.0.0.1 -p 3000
 
+# torchgeo, for benchmarks/tiling.py's side-by-side run only: its own environment, never the
+# project's. torchgeo 0.8.1 is the newest for Python 3.11 and needs `requests` by hand; torchvision
+# works here only as 0.29.1 with torch 2.14.1 (about 6 GB).
+TORCHGEO_VENV := benchmarks/.venv-torchgeo
+$(TORCHGEO_VENV)/.installed:
+	test -x $(TORCHGEO_VENV)/bin/python || python3 -m venv $(TORCHGEO_VENV)
+	$(TORCHGEO_VENV)/bin/python -m pip install --quiet 'torch==2.14.1' 'torchvision==0.29.1' \
+		'torchgeo==0.8.1' 'requests==2.34.2'
+	touch $@
+
 # Benchmarks: each prints a table and writes JSON under benchmarks/results/.
-bench: install
+bench: install $(TORCHGEO_VENV)/.installed
 	$(PY) benchmarks/pac2d.py
 	$(PY) benchmarks/train.py
+	$(PY) benchmarks/tiling.py
 
 clean:
 	rm -rf .demo

@@ -3,16 +3,16 @@
 import dagster as dg
 import numpy as np
 import pandas as pd
+import zarr
 
 from assets.partitions import CONFIG, REGION_WINDOWS, region_window
 from assets.previews import figure_png, png_metadata
 from assets.resources import DataStore
 from matter_model.atomic_io import atomic_write_text
-from matter_model.patch_store import StoreInfo, write_shard
 from pipelines.change_screen import screen_windows, screening_quality, window_truth
 from pipelines.coregistration import open_stack, stack_grid
 from pipelines.demo_world.truth import change_truth
-from pipelines.tiling import cut_triplets
+from pipelines.tiling import StackSource, tile_to_store
 
 GROUP = "patches"
 
@@ -59,31 +59,25 @@ def patch_triplets(context: dg.AssetExecutionContext, store: DataStore) -> dg.Ma
     part = region_window(context)
     stack = open_stack(store.stack(part.region, part.window)).load()
     screen = pd.read_csv(store.screen(part.region, part.window))
-    triplets = cut_triplets(stack, screen, **CONFIG.tiling)
     bands = list(CONFIG.tiling["bands"])
     shard_id = part.shard_id
-    shard = write_shard(
-        store.patch_store,
-        shard_id=shard_id,
-        info=StoreInfo(bands=tuple(bands), patch_size=int(screen["size"].iloc[0])),
-        anchor=triplets.anchor,
-        positive=triplets.positive,
-        negative=triplets.negative,
-        patches=triplets.patches,
+    result = tile_to_store(
+        StackSource(stack, bands), screen, store.patch_store, shard_id, **CONFIG.tiling
     )
+    (shard,) = result.shards
     metadata: dict = {
-        "triplets": len(triplets.patches),
+        "triplets": result.triplets,
         "bands": bands,
         "bytes_written": sum(f.stat().st_size for f in shard.rglob("*") if f.is_file()),
         "shard": dg.MetadataValue.path(str(shard)),
     }
-    if len(triplets.patches):
-        idx = list(range(min(4, len(triplets.patches))))
+    if result.triplets:
+        group = zarr.open_group(shard, mode="r")
         rgb = [bands.index(b) for b in ("B04", "B03", "B02")]
         panels = []
-        for i in idx:
+        for i in range(min(4, result.triplets)):
             for role in ("anchor", "positive", "negative"):
-                crop = getattr(triplets, role)[i][rgb].transpose(1, 2, 0)
+                crop = group[role][i][rgb].transpose(1, 2, 0)
                 panels.append((f"{i} {role}", np.clip(crop / max(crop.max(), 1e-6), 0, 1)))
         preview = store.path("previews", f"{shard_id}.png")
         png = figure_png(panels, preview)

@@ -1,25 +1,35 @@
-"""Triplet tiling: anchor / positive / negative crops from the unchanged windows of a stack.
+"""Triplet tiling: anchor / positive / negative crops from the unchanged windows of a scene stack.
 
 - anchor: unchanged window w at date t_i;
 - positive: the same window w at another date t_j (every ordered pair of dates where both are
-  valid enough);
-- negative: another unchanged window of the same scene at date t_i, at least
-  ``min_negative_distance_px`` away (centre to centre), drawn with a seeded generator.
+  valid enough, or ``max_pairs_per_window`` of them drawn at random);
+- negative: another unchanged window of the same scene at date t_i, valid enough at t_i and at
+  least ``min_negative_distance_px`` away (centre to centre), drawn at random.
 
-Invalid pixels left inside a kept crop are filled with the crop's per-band median, and the
-crop's valid fraction is recorded, so the store holds no NaN. Deterministic for a seed.
+Which triplets to cut is planned first, from the per-date valid fractions alone (a seeded
+generator: deterministic for a seed); the pixels are then read a strip of window rows at a time
+from a :class:`PixelSource` (a co-registered stack in memory, or :class:`~pipelines.cog_stack.
+CogStack` reading COGs directly), cut, and written shard by shard to the patch store while the
+next strip decodes. With strips, a negative comes from the anchor's strip, so that no strip needs
+another's pixels. Invalid pixels left inside a kept crop are filled with the crop's per-band
+median of valid pixels and the crop's valid fraction is recorded, so the store holds no NaN.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import permutations
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pipelines.coregistration import stack_grid
+from matter_model.patch_store import StoreInfo, write_shard
+from pipelines.coregistration import Grid, stack_grid
 
 PATCH_COLUMNS = [
     "region",
@@ -39,7 +49,79 @@ PATCH_COLUMNS = [
     "transform",
     "anchor_valid_fraction",
     "positive_valid_fraction",
+    "negative_valid_fraction",
 ]
+# The plan: which window, dates and negative window each triplet takes (indices into the kept
+# windows and the source's dates).
+PLAN_COLUMNS = ["window", "anchor", "positive", "negative"]
+
+
+class Strip(Protocol):
+    """Rows of one date, read once; windows are cut from it."""
+
+    def crop(self, y: int, x: int, out: np.ndarray) -> np.ndarray:
+        """Write the reflectance of the window whose upper-left pixel is (y, x) from the strip's
+        first row into ``out`` (band, size, size) float32 (NaN allowed where invalid); return
+        its valid mask (size, size)."""
+        ...
+
+
+class PixelSource(Protocol):
+    """The dates of one scene on one 10 m grid, read a strip of rows at a time."""
+
+    region: str
+    tile: str
+    dates: list[str]
+    grid: Grid
+
+    def read_rows(self, y0: int, y1: int, date: int) -> Strip:
+        """Grid rows ``[y0, y1)`` of ``date``."""
+        ...
+
+    def valid_fraction(self, size: int) -> np.ndarray:
+        """Share of valid pixels of each ``size`` px window: (date, row, col)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ArrayStrip:
+    """Rows of one date held as reflectance (band, y, x) and valid (y, x) arrays."""
+
+    reflectance: np.ndarray
+    valid: np.ndarray
+
+    def crop(self, y: int, x: int, out: np.ndarray) -> np.ndarray:
+        """Copy the window at (y, x) into ``out``; return its valid mask."""
+        size = out.shape[-1]
+        out[...] = self.reflectance[:, y : y + size, x : x + size]
+        return self.valid[y : y + size, x : x + size]
+
+
+class StackSource:
+    """A co-registered stack (the contract of :mod:`pipelines.coregistration`) as a pixel source."""
+
+    def __init__(self, stack: xr.Dataset, bands: Sequence[str]) -> None:
+        missing = [b for b in bands if b not in stack["band"].values]
+        if missing:
+            raise ValueError(
+                f"the stack has no band(s) {missing}; it holds {list(stack.band.values)}"
+            )
+        self.region = str(stack.attrs["region"])
+        self.tile = str(stack.attrs.get("tiles", ""))
+        self.dates = [str(t)[:10] for t in stack["time"].values.astype("datetime64[D]")]
+        self.grid = stack_grid(stack)
+        self._reflectance = stack["reflectance"].sel(band=list(bands)).values
+        self._valid = stack["valid"].values
+
+    def read_rows(self, y0: int, y1: int, date: int) -> ArrayStrip:
+        """Rows ``[y0, y1)`` at ``date`` (views, no copy)."""
+        return ArrayStrip(self._reflectance[date, :, y0:y1], self._valid[date, y0:y1])
+
+    def valid_fraction(self, size: int) -> np.ndarray:
+        """Share of valid pixels of each ``size`` px window: (date, row, col)."""
+        rows, cols = self.grid.height // size, self.grid.width // size
+        valid = self._valid[:, : rows * size, : cols * size]
+        return valid.reshape(len(self.dates), rows, size, cols, size).mean(axis=(2, 4))
 
 
 @dataclass(frozen=True)
@@ -52,13 +134,164 @@ class Triplets:
     patches: pd.DataFrame
 
 
-def _crop(reflectance: np.ndarray, valid: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
-    crop = reflectance[:, y0 : y0 + size, x0 : x0 + size].copy()
-    mask = valid[y0 : y0 + size, x0 : x0 + size]
-    if not mask.all():
-        fill = np.nanmedian(np.where(mask, crop, np.nan), axis=(1, 2))
-        crop[:, ~mask] = np.nan_to_num(fill, nan=0.0)[:, None].repeat((~mask).sum(), axis=1)
-    return crop
+@dataclass(frozen=True)
+class TilingResult:
+    """What :func:`tile_to_store` wrote: its shards and how many triplets."""
+
+    shards: list[Path]
+    triplets: int
+
+
+def all_windows(grid: Grid, size: int) -> pd.DataFrame:
+    """Every whole ``size`` px window of ``grid``, all marked unchanged: the screen to use where
+    the dates are known not to have changed (a benchmark, a hand-picked region)."""
+    rows, cols = grid.height // size, grid.width // size
+    row, col = (a.ravel() for a in np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"))
+    t = grid.transform
+    minx, maxy = t.c + col * size * t.a, t.f + row * size * t.e
+    return pd.DataFrame(
+        {
+            "row": row,
+            "col": col,
+            "y0": row * size,
+            "x0": col * size,
+            "size": size,
+            "minx": minx,
+            "miny": maxy + size * t.e,
+            "maxx": minx + size * t.a,
+            "maxy": maxy,
+            "unchanged": True,
+        }
+    )
+
+
+def plan_triplets(
+    windows: pd.DataFrame,
+    valid_fraction: np.ndarray,
+    seed: int = 0,
+    min_valid_fraction: float = 0.9,
+    min_negative_distance_px: int = 64,
+    max_pairs_per_window: int | None = None,
+    strip_rows: int | None = None,
+) -> pd.DataFrame:
+    """Which triplets the ``windows`` (kept, unchanged) allow: :data:`PLAN_COLUMNS` per triplet.
+
+    ``valid_fraction`` is (date, row, col). With ``strip_rows``, a negative lies in the same strip
+    of ``strip_rows`` window rows as its anchor.
+    """
+    if not 0.0 <= min_valid_fraction <= 1.0:
+        raise ValueError(f"min_valid_fraction must lie in [0, 1], got {min_valid_fraction}")
+    if max_pairs_per_window is not None and max_pairs_per_window < 1:
+        raise ValueError(f"max_pairs_per_window must be at least 1, got {max_pairs_per_window}")
+    rng = np.random.default_rng(seed)
+    size = int(windows["size"].iloc[0]) if len(windows) else 0
+    rows, cols = windows["row"].to_numpy(), windows["col"].to_numpy()
+    centres = windows[["y0", "x0"]].to_numpy(dtype=np.float64) + size / 2
+    strip = rows // strip_rows if strip_rows else np.zeros(len(windows), dtype=int)
+    valid_enough = valid_fraction[:, rows, cols] >= min_valid_fraction  # (date, window)
+    dates = valid_fraction.shape[0]
+    plan = []
+    for w in range(len(windows)):
+        far = (np.hypot(*(centres - centres[w]).T) >= min_negative_distance_px) & (
+            strip == strip[w]
+        )
+        pairs = [
+            (i, j)
+            for i, j in permutations(range(dates), 2)
+            if valid_enough[i, w] and valid_enough[j, w] and (far & valid_enough[i]).any()
+        ]
+        if max_pairs_per_window is not None and len(pairs) > max_pairs_per_window:
+            chosen = rng.choice(len(pairs), max_pairs_per_window, replace=False)
+            pairs = [pairs[k] for k in sorted(chosen)]
+        for i, j in pairs:
+            plan.append((w, i, j, int(rng.choice(np.flatnonzero(far & valid_enough[i])))))
+    return pd.DataFrame(plan, columns=PLAN_COLUMNS, dtype=np.int64)
+
+
+def _fill_invalid(crop: np.ndarray, valid: np.ndarray) -> float:
+    """Set the invalid pixels of ``crop`` to the band medians of its valid ones (zeros when
+    none is valid); return its valid share."""
+    share = float(valid.mean())
+    if share < 1.0:
+        fill = np.median(crop[:, valid], axis=1) if share > 0 else np.zeros(len(crop))
+        crop[:, ~valid] = fill.astype(np.float32)[:, None]
+    return share
+
+
+def _cut(source: PixelSource, windows: pd.DataFrame, plan: pd.DataFrame, n_bands: int) -> Triplets:
+    """The triplets of a non-empty ``plan``: one read of the rows its windows span per date."""
+    size = int(windows["size"].iloc[0])
+    used = windows["row"].to_numpy()[np.concatenate([plan["window"], plan["negative"]])]
+    y0, y1 = int(used.min()) * size, (int(used.max()) + 1) * size
+    needed = sorted(set(plan["anchor"]) | set(plan["positive"]))
+    strips = {t: source.read_rows(y0, y1, t) for t in needed}
+    crops = np.empty((3, len(plan), n_bands, size, size), dtype=np.float32)
+    rows = []
+    for n, (w, i, j, neg) in enumerate(plan[PLAN_COLUMNS].itertuples(index=False)):
+        window, negative = windows.iloc[w], windows.iloc[neg]
+        shares = []
+        for role, (date, at) in enumerate(((i, window), (j, window), (i, negative))):
+            crop = crops[role, n]
+            valid = strips[date].crop(int(at["y0"]) - y0, int(at["x0"]), crop)
+            shares.append(_fill_invalid(crop, valid))
+        t = source.grid.transform
+        rows.append(
+            {
+                "region": source.region,
+                "tile": source.tile,
+                "anchor_date": source.dates[i],
+                "positive_date": source.dates[j],
+                "negative_date": source.dates[i],
+                "window_row": int(window["row"]),
+                "window_col": int(window["col"]),
+                "negative_row": int(negative["row"]),
+                "negative_col": int(negative["col"]),
+                "minx": window["minx"],
+                "miny": window["miny"],
+                "maxx": window["maxx"],
+                "maxy": window["maxy"],
+                "crs": f"EPSG:{source.grid.epsg}",
+                "transform": ",".join(
+                    repr(float(v)) for v in (t.a, 0.0, window["minx"], 0.0, t.e, window["maxy"])
+                ),
+                "anchor_valid_fraction": shares[0],
+                "positive_valid_fraction": shares[1],
+                "negative_valid_fraction": shares[2],
+            }
+        )
+    return Triplets(crops[0], crops[1], crops[2], pd.DataFrame(rows, columns=PATCH_COLUMNS))
+
+
+def _no_triplets(n_bands: int, size: int) -> Triplets:
+    """An empty, typed set of triplets."""
+    empty = np.zeros((0, n_bands, size, size), np.float32)
+    return Triplets(empty, empty, empty, pd.DataFrame(columns=PATCH_COLUMNS))
+
+
+def _plan(
+    source: PixelSource,
+    screen: pd.DataFrame,
+    seed: int,
+    min_valid_fraction: float,
+    min_negative_distance_px: int,
+    max_pairs_per_window: int | None,
+    strip_rows: int | None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The kept windows of ``screen`` and the plan of their triplets."""
+    kept = screen[screen["unchanged"].astype(bool)].reset_index(drop=True)
+    if kept.empty:
+        return kept, pd.DataFrame(columns=PLAN_COLUMNS, dtype=np.int64)
+    fractions = source.valid_fraction(int(kept["size"].iloc[0]))
+    plan = plan_triplets(
+        kept,
+        fractions,
+        seed,
+        min_valid_fraction,
+        min_negative_distance_px,
+        max_pairs_per_window,
+        strip_rows,
+    )
+    return kept, plan
 
 
 def cut_triplets(
@@ -70,84 +303,79 @@ def cut_triplets(
     min_negative_distance_px: int = 64,
     max_pairs_per_window: int | None = None,
 ) -> Triplets:
-    """Cut every triplet the unchanged windows of ``screen`` allow (see the module docstring)."""
-    missing = [b for b in bands if b not in stack["band"].values]
-    if missing:
-        raise ValueError(f"the stack has no band(s) {missing}; it holds {list(stack.band.values)}")
-    reflectance = stack["reflectance"].sel(band=bands).values
-    valid = stack["valid"].values
-    dates = [str(t)[:10] for t in stack["time"].values.astype("datetime64[D]")]
-    size = int(screen["size"].iloc[0]) if len(screen) else 0
-    kept = screen[screen["unchanged"]].reset_index(drop=True)
-    rng = np.random.default_rng(seed)
-    grid = stack_grid(stack)
-    centres = kept[["y0", "x0"]].to_numpy(dtype=np.float64) + size / 2
-
-    anchors, positives, negatives, rows = [], [], [], []
-    for w, window in kept.iterrows():
-        y0, x0 = int(window["y0"]), int(window["x0"])
-        far = np.flatnonzero(np.hypot(*(centres - centres[w]).T) >= min_negative_distance_px)
-        if far.size == 0:
-            continue
-        window_valid = valid[:, y0 : y0 + size, x0 : x0 + size].mean(axis=(1, 2))
-        pairs = [
-            (i, j)
-            for i, j in permutations(range(len(dates)), 2)
-            if window_valid[i] >= min_valid_fraction and window_valid[j] >= min_valid_fraction
-        ]
-        if max_pairs_per_window is not None and len(pairs) > max_pairs_per_window:
-            pairs = [
-                pairs[k]
-                for k in sorted(rng.choice(len(pairs), max_pairs_per_window, replace=False))
-            ]
-        for i, j in pairs:
-            n = kept.iloc[int(rng.choice(far))]
-            ny0, nx0 = int(n["y0"]), int(n["x0"])
-            anchors.append(_crop(reflectance[i], valid[i], y0, x0, size))
-            positives.append(_crop(reflectance[j], valid[j], y0, x0, size))
-            negatives.append(_crop(reflectance[i], valid[i], ny0, nx0, size))
-            rows.append(
-                {
-                    "region": stack.attrs["region"],
-                    "tile": stack.attrs.get("tiles", ""),
-                    "anchor_date": dates[i],
-                    "positive_date": dates[j],
-                    "negative_date": dates[i],
-                    "window_row": int(window["row"]),
-                    "window_col": int(window["col"]),
-                    "negative_row": int(n["row"]),
-                    "negative_col": int(n["col"]),
-                    "minx": window["minx"],
-                    "miny": window["miny"],
-                    "maxx": window["maxx"],
-                    "maxy": window["maxy"],
-                    "crs": stack.attrs["crs"],
-                    "transform": ",".join(
-                        repr(v)
-                        for v in (
-                            grid.transform.a,
-                            0.0,
-                            window["minx"],
-                            0.0,
-                            grid.transform.e,
-                            window["maxy"],
-                        )
-                    ),
-                    "anchor_valid_fraction": float(window_valid[i]),
-                    "positive_valid_fraction": float(window_valid[j]),
-                }
-            )
-
-    def stacked(crops: list[np.ndarray]) -> np.ndarray:
-        return (
-            np.stack(crops).astype(np.float32)
-            if crops
-            else np.zeros((0, len(bands), size, size), np.float32)
-        )
-
-    return Triplets(
-        stacked(anchors),
-        stacked(positives),
-        stacked(negatives),
-        pd.DataFrame(rows, columns=PATCH_COLUMNS),
+    """Every triplet the unchanged windows of ``screen`` allow, in memory (see the module doc)."""
+    source = StackSource(stack, bands)
+    kept, plan = _plan(
+        source,
+        screen,
+        seed,
+        min_valid_fraction,
+        min_negative_distance_px,
+        max_pairs_per_window,
+        None,
     )
+    if plan.empty:
+        return _no_triplets(len(bands), int(screen["size"].iloc[0]) if len(screen) else 0)
+    return _cut(source, kept, plan, len(bands))
+
+
+def tile_to_store(
+    source: PixelSource,
+    screen: pd.DataFrame,
+    store: str | Path,
+    shard_id: str,
+    bands: Sequence[str],
+    seed: int = 0,
+    min_valid_fraction: float = 0.9,
+    min_negative_distance_px: int = 64,
+    max_pairs_per_window: int | None = None,
+    strip_rows: int | None = None,
+) -> TilingResult:
+    """Cut the triplets of ``screen``'s unchanged windows from ``source`` into the patch store.
+
+    Without ``strip_rows`` the whole scene is one strip and one shard named ``shard_id``; with it,
+    strip k of ``strip_rows`` window rows becomes shard ``{shard_id}-{k:04d}``, written in a
+    background thread while strip k+1 decodes, so memory follows the strip, not the scene.
+    An empty plan still writes an empty shard (a valid, empty store for an all-cloudy region).
+    """
+    if strip_rows is not None and strip_rows < 1:
+        raise ValueError(f"strip_rows must be at least 1 window row, got {strip_rows}")
+    size = int(screen["size"].iloc[0]) if len(screen) else 0
+    info = StoreInfo(tuple(bands), size)
+    kept, plan = _plan(
+        source,
+        screen,
+        seed,
+        min_valid_fraction,
+        min_negative_distance_px,
+        max_pairs_per_window,
+        strip_rows,
+    )
+    window_rows = kept["row"].to_numpy()[plan["window"].to_numpy()] if len(plan) else np.array([])
+    strips = (window_rows // strip_rows).astype(int) if strip_rows else np.zeros(len(plan), int)
+    shards: list[Path] = []
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending: Future[Path] | None = None
+        for k in np.unique(strips) if len(plan) else [0]:
+            part = plan[strips == k]
+            triplets = (
+                _cut(source, kept, part, len(bands))
+                if len(part)
+                else _no_triplets(len(bands), size)
+            )
+            name = f"{shard_id}-{int(k):04d}" if strip_rows else shard_id
+            if pending is not None:
+                shards.append(pending.result())
+            pending = writer.submit(
+                write_shard,
+                store,
+                name,
+                info,
+                triplets.anchor,
+                triplets.positive,
+                triplets.negative,
+                triplets.patches,
+            )
+        if pending is not None:
+            shards.append(pending.result())
+    return TilingResult(shards, len(plan))

@@ -1,0 +1,272 @@
+"""Tiling throughput: 256 x 256 x 12-band patches from COGs on local disk into the patch store.
+
+Ours is the project's tiling path (``pipelines.cog_stack.CogStack`` as the pixel source of
+``pipelines.tiling.tile_to_store``, which writes shards with ``matter_model.patch_store``);
+torchgeo's is ``RasterDataset`` (``separate_files``) with a ``RandomGeoSampler`` and a
+``DataLoader``, reading the same COGs into tensors (it writes nothing). Each measurement runs in
+a fresh subprocess, ours in the project's environment and torchgeo's in its own
+(``benchmarks/.venv-torchgeo``, made by ``make bench``), taking turns within each repeat so that a
+load change on the machine hits both alike. Peak memory is the subprocess's peak resident set.
+
+Test set (built in a temporary folder from the real 29RKH L2A tile in ``../shared/data``, whose
+files are 10x downsampled but carry the tile's real bounds): the 12 L2A bands and the SCL over
+40 x 40 km at their native resolution (10 m bands 3996 x 3996 px), upsampled bilinearly (SCL:
+nearest), written as COGs with DEFLATE, predictor 2, 512 px blocks, uint16. Several dates are the
+same files under each date's name (hard links): decoding costs the same, nothing is shared.
+
+Ours cuts one triplet (anchor, positive, negative: 3 patches) per 256 px window, so it writes
+3 patches per window while decoding the window at every date; torchgeo reads one patch per
+sample. Patches per second: ours counts patches written to the store, torchgeo patches loaded.
+One date allows no triplet (a positive needs a second date): that row reports none written.
+Prints a table and writes ``benchmarks/results/tiling.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+TORCHGEO_PYTHON = REPO / "benchmarks" / ".venv-torchgeo" / "bin" / "python"
+REAL_TILE = (
+    Path(os.environ.get("MATTER_REAL_DATA", REPO.parent / "shared" / "data")) / "s2_l2a_cog_29RKH"
+)
+TILE = "29RKH"
+FIRST_DATE = date(2020, 2, 19)
+BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
+NATIVE_M = {"B01": 60, "B09": 60, "B02": 10, "B03": 10, "B04": 10, "B08": 10, "SCL": 20}
+PATCH = 256
+# 40 km, a whole number of 60 m pixels, 30 km in from the tile's upper-left corner.
+EXTENT_M, INSET_M = 39_960, 30_000
+FILENAME = "T{tile}_{date}_{band}.tif"
+
+
+def build_test_set(tile_dir: Path, out: Path, dates: int) -> None:
+    """The 13 COGs of one date at native resolution, then hard links for the other dates."""
+    import numpy as np
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.windows import from_bounds
+
+    out.mkdir(parents=True, exist_ok=True)
+    first = FIRST_DATE.strftime("%Y%m%d")
+    for band in (*BANDS, "SCL"):
+        target = out / FILENAME.format(tile=TILE, date=first, band=band)
+        if target.exists():
+            continue
+        res = NATIVE_M.get(band, 20)
+        with rasterio.open(tile_dir / f"{band}.tif") as src:
+            left, top = src.bounds.left + INSET_M, src.bounds.top - INSET_M
+            bounds = (left, top - EXTENT_M, left + EXTENT_M, top)
+            size = EXTENT_M // res
+            pixels = src.read(
+                1,
+                window=from_bounds(*bounds, transform=src.transform),
+                out_shape=(size, size),
+                resampling=Resampling.nearest if band == "SCL" else Resampling.bilinear,
+            )
+            profile = {
+                "driver": "COG",
+                "width": size,
+                "height": size,
+                "count": 1,
+                "dtype": np.uint8 if band == "SCL" else np.uint16,
+                "crs": src.crs,
+                "transform": rasterio.transform.from_origin(left, top, res, res),
+                "nodata": 0,
+                "compress": "DEFLATE",
+                "predictor": 2,
+                "blocksize": 512,
+                "overviews": "NONE",
+            }
+        tmp = target.with_name(f".{target.name}.tmp")
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(pixels, 1)
+        os.replace(tmp, target)
+    for t in range(1, dates):
+        day = (FIRST_DATE + timedelta(days=5 * t)).strftime("%Y%m%d")
+        for band in (*BANDS, "SCL"):
+            link = out / FILENAME.format(tile=TILE, date=day, band=band)
+            if not link.exists():
+                os.link(out / FILENAME.format(tile=TILE, date=first, band=band), link)
+
+
+def date_names(dates: int) -> list[str]:
+    """The ``YYYYMMDD`` names of the first ``dates`` dates of the test set."""
+    return [(FIRST_DATE + timedelta(days=5 * t)).strftime("%Y%m%d") for t in range(dates)]
+
+
+def peak_mb() -> float:
+    """This process's peak resident set, MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_ours(folder: Path, dates: int, store: Path) -> dict:
+    """Tile ``dates`` dates of the test set into a patch store, end to end from the COGs."""
+    from pipelines.cog_stack import CogScene, CogStack
+    from pipelines.tiling import all_windows, tile_to_store
+
+    def path(day: str, band: str) -> str:
+        return str(folder / FILENAME.format(tile=TILE, date=day, band=band))
+
+    scenes = [
+        CogScene(f"{d[:4]}-{d[4:6]}-{d[6:]}", {b: path(d, b) for b in BANDS}, path(d, "SCL"))
+        for d in date_names(dates)
+    ]
+    start = time.perf_counter()
+    with CogStack(scenes, BANDS, region="benchmark", tile=TILE) as source:
+        result = tile_to_store(
+            source,
+            all_windows(source.grid, PATCH),
+            store,
+            "benchmark",
+            BANDS,
+            min_valid_fraction=0.5,
+            min_negative_distance_px=2 * PATCH,
+            max_pairs_per_window=1,
+            strip_rows=2,
+        )
+    seconds = time.perf_counter() - start
+    return {"patches": 3 * result.triplets, "seconds": seconds, "peak_mb": peak_mb()}
+
+
+def run_torchgeo(folder: Path, dates: int, samples: int) -> dict:
+    """Load ``samples`` random 256 px patches of every band through torchgeo (its own env)."""
+    import torch
+    from torch.utils.data import DataLoader
+    from torchgeo.datasets import RasterDataset, stack_samples
+    from torchgeo.samplers import RandomGeoSampler
+
+    class Sentinel2Cogs(RasterDataset):
+        filename_glob = "T*_B02.tif"
+        filename_regex = r"^T(?P<tile>\w{5})_(?P<date>\d{8})_(?P<band>B\w{2})\.tif$"
+        date_format = "%Y%m%d"
+        separate_files = True
+        all_bands = BANDS
+        rgb_bands = ("B04", "B03", "B02")
+
+    start = time.perf_counter()
+    # Only the files of the first ``dates`` dates: the folder may hold more.
+    days = date_names(dates)
+    paths = [str(folder / FILENAME.format(tile=TILE, date=d, band="B02")) for d in days]
+    dataset = Sentinel2Cogs(paths=paths, bands=list(BANDS))
+    sampler = RandomGeoSampler(
+        dataset, size=PATCH, length=samples, generator=torch.Generator().manual_seed(0)
+    )
+    loader = DataLoader(dataset, sampler=sampler, batch_size=1, collate_fn=stack_samples)
+    loaded = 0
+    for batch in loader:
+        image = batch["image"]
+        assert image.shape[1:] == (len(BANDS), PATCH, PATCH), image.shape
+        loaded += image.shape[0]
+    seconds = time.perf_counter() - start
+    return {"patches": loaded, "seconds": seconds, "peak_mb": peak_mb()}
+
+
+def measure(side: str, folder: Path, dates: int, samples: int) -> dict:
+    """One measurement in a fresh subprocess of ``side``'s environment."""
+    python = str(TORCHGEO_PYTHON) if side == "torchgeo" else sys.executable
+    with tempfile.TemporaryDirectory(dir=folder.parent) as store:
+        command = [python, __file__, "--worker", side, "--folder", str(folder)]
+        command += ["--dates", str(dates), "--samples", str(samples), "--store", store]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {side} run ({dates} dates) failed:\n{done.stderr[-3000:]}")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    row["patches_per_s"] = row["patches"] / row["seconds"] if row["patches"] else None
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="head-to-head runs (median)")
+    parser.add_argument("--dates", type=int, default=4, help="dates of the head-to-head")
+    parser.add_argument("--curve", default="1,4,16", help="dates of the cost curve")
+    parser.add_argument("--samples", type=int, default=300, help="torchgeo patches per run")
+    parser.add_argument("--worker", choices=("ours", "torchgeo"), help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker == "ours":
+        print(json.dumps(run_ours(args.folder, args.dates, args.store)))
+        return
+    if args.worker == "torchgeo":
+        print(json.dumps(run_torchgeo(args.folder, args.dates, args.samples)))
+        return
+
+    if not REAL_TILE.is_dir():
+        sys.exit(f"the real tile {REAL_TILE} is absent: set MATTER_REAL_DATA to the shared data")
+    if not TORCHGEO_PYTHON.exists():
+        sys.exit(f"no torchgeo environment at {TORCHGEO_PYTHON}: run `make bench`, which makes it")
+    curve = [int(d) for d in args.curve.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "cogs"
+        started = time.perf_counter()
+        build_test_set(REAL_TILE, folder, max([args.dates, *curve]))
+        print(f"test set built in {time.perf_counter() - started:.1f} s")
+        head: dict[str, list[dict]] = {"ours": [], "torchgeo": []}
+        for _ in range(args.repeats):
+            for side in head:
+                head[side].append(measure(side, folder, args.dates, args.samples))
+        rows = []
+        for dates in curve:
+            for side in ("ours", "torchgeo"):
+                row = head[side][0] if dates == args.dates else None
+                rows.append(
+                    {"side": side, "dates": dates}
+                    | (row or measure(side, folder, dates, args.samples))
+                )
+
+    def median(side: str, key: str) -> float:
+        return statistics.median(r[key] for r in head[side])
+
+    result = {
+        "patch": f"{PATCH} x {PATCH} px, {len(BANDS)} bands",
+        "test_set": f"{EXTENT_M / 1000:.0f} x {EXTENT_M / 1000:.0f} km of tile {TILE}, native "
+        "resolution COGs (DEFLATE, predictor 2, 512 px blocks, uint16)",
+        "dates": args.dates,
+        "repeats": args.repeats,
+        "cpu_count": os.cpu_count(),
+        "ours_patches_per_s": median("ours", "patches_per_s"),
+        "torchgeo_patches_per_s": median("torchgeo", "patches_per_s"),
+        "ours_peak_mb": median("ours", "peak_mb"),
+        "torchgeo_peak_mb": median("torchgeo", "peak_mb"),
+        "runs": head,
+        "cost_curve": rows,
+    }
+    result["speedup"] = result["ours_patches_per_s"] / result["torchgeo_patches_per_s"]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "tiling.json"
+    tmp_out = out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp_out, out)
+
+    print(f"\n{args.dates} dates, median of {args.repeats}:")
+    print(f"{'':10} {'patches/s':>10} {'peak MB':>9}")
+    for side in ("ours", "torchgeo"):
+        print(f"{side:10} {result[f'{side}_patches_per_s']:10.1f} {result[f'{side}_peak_mb']:9.0f}")
+    print(f"speedup {result['speedup']:.2f}x (target 5x)\n\ncost curve:")
+    print(
+        f"{'side':10} {'dates':>5} {'patches':>8} {'seconds':>8} {'patches/s':>10} {'peak MB':>8}"
+    )
+    for r in rows:
+        rate = f"{r['patches_per_s']:10.1f}" if r["patches_per_s"] else f"{'none':>10}"
+        print(
+            f"{r['side']:10} {r['dates']:5d} {r['patches']:8d} {r['seconds']:8.2f} {rate} "
+            f"{r['peak_mb']:8.0f}"
+        )
+    print(f"wrote {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""The dates of one Sentinel-2 tile read straight from its COGs, fast, a strip of rows at a time.
+
+The L2A bands of one MGRS tile share one grid: a 20 m or 60 m pixel is exactly a 2 x 2 or 6 x 6
+block of 10 m pixels. So no band needs warping onto the 10 m grid: each is decoded at its native
+resolution (GDAL decodes the blocks of one read in ``threads`` threads) and its pixels repeated
+k x k with numpy, which keeps the measured values instead of inventing interpolated ones. Files
+stay open for the whole run, and rows are read a strip at a time, so memory follows the strip,
+not the scene. This is the pixel source :func:`pipelines.tiling.tile_to_store` uses when the
+dates of a region come as COGs already on one tile grid.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import numpy as np
+import rasterio
+from affine import Affine
+
+from pipelines.bands import SCL, SCL_INVALID_DEFAULT, asset_key
+from pipelines.coregistration import Grid, reflectance_offset, resolve_href
+
+L2A_SCALE = 1e-4  # DN to reflectance, before the baseline's offset
+
+
+class CogStackError(ValueError):
+    """COGs that cannot be read as one tile grid; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class CogScene:
+    """One date of a tile: a COG per band (ESA name to path), its SCL COG, and the BOA offset."""
+
+    date: str
+    bands: Mapping[str, str]
+    scl: str
+    offset: float = 0.0
+
+    @classmethod
+    def from_item(
+        cls,
+        item: dict,
+        bands: Sequence[str],
+        href_rewrites: Sequence[tuple[str, str]] = (),
+    ) -> CogScene:
+        """The scene of a STAC item, hrefs mapped through ``href_rewrites`` to local files."""
+
+        def path(name: str) -> str:
+            return resolve_href(item["assets"][asset_key(item, name)]["href"], href_rewrites)
+
+        return cls(
+            date=str(item["properties"]["datetime"])[:10],
+            bands={name: path(name) for name in bands},
+            scl=path(SCL.name),
+            offset=reflectance_offset(item),
+        )
+
+
+def upsampled(native: np.ndarray, k: int, y: int, x: int, height: int, width: int) -> np.ndarray:
+    """Pixels ``[y, y + height) x [x, x + width)`` of ``native`` seen on a grid ``k`` times finer:
+    each native pixel repeated k x k, only over the part asked for."""
+    if k == 1:
+        return native[y : y + height, x : x + width]
+    part = native[y // k : -(-(y + height) // k), x // k : -(-(x + width) // k)]
+    return part.repeat(k, axis=0).repeat(k, axis=1)[y % k : y % k + height, x % k : x % k + width]
+
+
+@dataclass(frozen=True)
+class _Source:
+    """An open band file and where the grid's origin falls in it, in grid pixels."""
+
+    dataset: rasterio.DatasetReader
+    factor: int
+    row_offset: int
+    col_offset: int
+
+    def read_rows(self, y0: int, y1: int, width: int) -> tuple[np.ndarray, int, int]:
+        """The native pixels under grid rows ``[y0, y1)`` and ``width`` grid columns, and where
+        grid pixel (y0, 0) falls in them, in grid pixels."""
+        k = self.factor
+        top, bottom = (self.row_offset + y0) // k, -(-(self.row_offset + y1) // k)
+        left, right = self.col_offset // k, -(-(self.col_offset + width) // k)
+        window = rasterio.windows.Window(left, top, right - left, bottom - top)
+        return self.dataset.read(1, window=window), (self.row_offset + y0) % k, self.col_offset % k
+
+
+def scaled_into(
+    out: np.ndarray, native: np.ndarray, k: int, y: int, x: int, scale: float, offset: float
+) -> None:
+    """Fill ``out`` (float32, h x w) with ``native * scale + offset`` over grid pixels
+    ``[y, y + h) x [x, x + w)``, native pixels repeated k x k. Scaling happens at native
+    resolution; where the window falls on whole native pixels the repeat is a broadcast."""
+    h, w = out.shape
+    part = native[y // k : -(-(y + h) // k), x // k : -(-(x + w) // k)]
+    scaled = part.astype(np.float32)
+    scaled *= np.float32(scale)
+    scaled += np.float32(offset)
+    if k == 1:
+        out[...] = scaled
+    elif y % k == 0 and x % k == 0 and h % k == 0 and w % k == 0:
+        out.reshape(h // k, k, w // k, k)[...] = scaled[:, None, :, None]
+    else:
+        out[...] = upsampled(scaled, k, y % k, x % k, h, w)
+
+
+@dataclass(frozen=True)
+class CogStrip:
+    """Rows of one date at native resolution; a crop is upsampled to the grid when cut."""
+
+    bands: list[tuple[np.ndarray, int, int, int]]  # (native pixels, factor, dy, dx) per band
+    scl: tuple[np.ndarray, int, int, int]
+    valid_lut: np.ndarray  # SCL class -> valid
+    offset: float
+
+    def crop(self, y: int, x: int, out: np.ndarray) -> np.ndarray:
+        """Write the reflectance of the window whose upper-left grid pixel is (y, x) from the
+        strip's first row into ``out`` (band, size, size) float32; return its valid mask."""
+        size = out.shape[-1]
+        for i, (native, k, dy, dx) in enumerate(self.bands):
+            scaled_into(out[i], native, k, dy + y, dx + x, L2A_SCALE, self.offset)
+        native, k, dy, dx = self.scl
+        return self.valid_lut[upsampled(native, k, dy + y, dx + x, size, size)]
+
+
+def _open_on_grid(path: str, grid: Grid, threads: int) -> _Source:
+    """Open ``path`` and check that its pixels are whole blocks of the grid's pixels."""
+    try:
+        dataset = rasterio.open(path, NUM_THREADS=str(threads))
+    except rasterio.RasterioIOError as err:
+        raise CogStackError(f"cannot open {path}: {err}") from None
+    t: Affine = dataset.transform
+    factor = t.a / grid.transform.a
+    rows = (grid.transform.f - t.f) / grid.transform.e
+    cols = (grid.transform.c - t.c) / grid.transform.a
+    reason = None
+    if dataset.crs is None or dataset.crs.to_epsg() != grid.epsg:
+        reason = f"its CRS is {dataset.crs}, the grid's EPSG:{grid.epsg}"
+    elif t.b or t.d or abs(t.e + t.a) > 1e-9 or abs(factor - round(factor)) > 1e-6:
+        reason = f"its pixel size {t.a} m is not a whole multiple of {grid.transform.a} m"
+    elif abs(rows - round(rows)) > 1e-6 or abs(cols - round(cols)) > 1e-6:
+        reason = "its pixel edges do not fall on the grid's pixel edges"
+    elif (
+        min(rows, cols) < 0
+        or round(rows) + grid.height > dataset.height * round(factor)
+        or round(cols) + grid.width > dataset.width * round(factor)
+    ):
+        reason = "it does not cover the whole grid"
+    if reason:
+        dataset.close()
+        raise CogStackError(
+            f"{path} is not on the tile grid ({reason}); co-register the dates first "
+            "(the `coregistered_stack` asset) and tile the stack instead"
+        )
+    return _Source(dataset, round(factor), round(rows), round(cols))
+
+
+def finest_grid(paths: Iterable[str]) -> Grid:
+    """The grid of the file with the smallest pixels among ``paths``."""
+    grids = []
+    for path in paths:
+        with rasterio.open(path) as dataset:
+            grids.append(
+                Grid(dataset.crs.to_epsg(), dataset.transform, dataset.width, dataset.height)
+            )
+    return min(grids, key=lambda g: g.transform.a)
+
+
+class CogStack:
+    """Dates of one tile as COGs, read onto a 10 m grid a strip of rows at a time.
+
+    Use it as a context manager: files open on entry and close on exit. ``grid`` defaults to the
+    grid of the first scene's finest band (the 10 m grid of the tile).
+    ``region`` and ``tile`` label the patches cut from it.
+    """
+
+    def __init__(
+        self,
+        scenes: Sequence[CogScene],
+        bands: Sequence[str],
+        grid: Grid | None = None,
+        threads: int | None = None,
+        invalid_scl: Sequence[int] = SCL_INVALID_DEFAULT,
+        region: str = "",
+        tile: str = "",
+    ) -> None:
+        if not scenes:
+            raise CogStackError("no scenes: give at least one date")
+        for scene in scenes:
+            missing = [b for b in bands if b not in scene.bands]
+            if missing:
+                raise CogStackError(
+                    f"the scene of {scene.date} has no COG for band(s) {missing}; "
+                    f"it has {sorted(scene.bands)}"
+                )
+        self.region, self.tile = region, tile
+        self.scenes = list(scenes)
+        self.bands = list(bands)
+        self.dates = [s.date for s in scenes]
+        self.threads = threads or os.cpu_count() or 1
+        self._valid_lut = np.ones(256, dtype=bool)
+        self._valid_lut[list(invalid_scl)] = False
+        self.grid = grid or finest_grid(scenes[0].bands[b] for b in self.bands)
+        self._bands: list[list[_Source]] = []
+        self._scl: list[_Source] = []
+
+    def __enter__(self) -> CogStack:
+        try:
+            for scene in self.scenes:
+                self._bands.append(
+                    [_open_on_grid(scene.bands[b], self.grid, self.threads) for b in self.bands]
+                )
+                self._scl.append(_open_on_grid(scene.scl, self.grid, self.threads))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every file this stack opened."""
+        for source in [s for date in self._bands for s in date] + self._scl:
+            source.dataset.close()
+        self._bands, self._scl = [], []
+
+    def _require_open(self) -> None:
+        if not self._scl:
+            raise CogStackError("the COG stack is closed; use it inside a `with` block")
+
+    def read_rows(self, y0: int, y1: int, date: int) -> CogStrip:
+        """Grid rows ``[y0, y1)`` of ``date``, every band decoded at its native resolution."""
+        self._require_open()
+        width = self.grid.width
+        bands = []
+        for source in self._bands[date]:
+            native, dy, dx = source.read_rows(y0, y1, width)
+            bands.append((native, source.factor, dy, dx))
+        scl, dy, dx = self._scl[date].read_rows(y0, y1, width)
+        return CogStrip(
+            bands, (scl, self._scl[date].factor, dy, dx), self._valid_lut, self.scenes[date].offset
+        )
+
+    def valid_fraction(self, size: int) -> np.ndarray:
+        """Share of valid pixels of each ``size`` px window: (date, row, col), from the SCL."""
+        self._require_open()
+        rows, cols = self.grid.height // size, self.grid.width // size
+        out = np.empty((len(self.dates), rows, cols))
+        for t, source in enumerate(self._scl):
+            scl, dy, dx = source.read_rows(0, rows * size, cols * size)
+            valid = self._valid_lut[upsampled(scl, source.factor, dy, dx, rows * size, cols * size)]
+            out[t] = valid.reshape(rows, size, cols, size).mean(axis=(1, 3))
+        return out
