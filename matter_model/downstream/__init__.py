@@ -1,0 +1,1 @@
+"""Downstream tasks on the MATTER encoder: each module exposes ``add_arguments`` and ``run``."""
