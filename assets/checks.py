@@ -26,6 +26,8 @@ DEFAULTS = {
     "max_residual_shift_px": 0.5,
     # share of a region's valid windows kept as unchanged: near 0 or 1 means a broken screen
     "unchanged_share": [0.02, 0.98],
+    # below this many valid windows a share says little: the range is not enforced
+    "min_windows_for_share": 50,
     # dates whose overlap with the reference is under this share are not re-measured
     "min_overlap_fraction": 0.2,
     # side of the central crop the residual is measured on (bounds the cost on full tiles)
@@ -126,9 +128,10 @@ def unchanged_share(
 ) -> dg.AssetCheckResult:
     """The share of valid windows kept as unchanged is neither implausibly low nor high.
 
-    Near 0 the threshold or the radiometry is off; near 1 the screen sees no change at all. A
-    partition without a single valid window (all cloudy) is a warning, not a failure: tiling
-    then writes an empty shard.
+    Near 0 the threshold or the radiometry is off; near 1 the screen sees no change at all. The
+    range is enforced from ``min_windows_for_share`` valid windows on (in a tiny region every
+    window may well be unchanged). A partition without a single valid window (all cloudy) is a
+    warning, not a failure: tiling then writes an empty shard.
     """
     part = region_window(context)
     table = pd.read_csv(store.screen(part.region, part.window))
@@ -144,10 +147,11 @@ def unchanged_share(
             metadata={"windows": len(table), "valid_windows": 0},
         )
     share = kept / valid_windows
+    judged = valid_windows >= int(setting("min_windows_for_share"))
     return dg.AssetCheckResult(
-        passed=low <= share <= high,
+        passed=low <= share <= high or not judged,
         description=f"{kept} of {valid_windows} valid windows kept ({share:.1%}; "
-        f"plausible range {low:.0%}-{high:.0%})",
+        + (f"plausible range {low:.0%}-{high:.0%})" if judged else "too few windows to judge)"),
         metadata={
             "unchanged_share": share,
             "kept": kept,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import checks, evaluation, imagery, model, patches
+from assets.dask_resource import DaskCluster
 from assets.executors import executor_from_env
 from assets.jobs import dataset_refresh, matter_chain, patch_dataset, pretrain_and_evaluate
 from assets.k8s import pipes_client
@@ -30,8 +31,11 @@ defs = dg.Definitions(
             endpoint=CONFIG.stac.get("endpoint", "demo"),
             demo_world_root=str(_store.demo_world),
             demo_world_spec=CONFIG.stac.get("demo_world_spec", "default"),
+            collection=CONFIG.stac.get("collection", "sentinel-2-l2a"),
+            max_cloud_cover=float(CONFIG.stac.get("max_cloud_cover", 100)),
         ),
         "pipes": pipes_client(CONFIG.training, _store.path()),
+        "dask_cluster": DaskCluster(**CONFIG.dask),
     },
     executor=executor_from_env(),
 )

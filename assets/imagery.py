@@ -5,12 +5,21 @@ import json
 import dagster as dg
 import numpy as np
 
+from assets.dask_resource import DaskCluster
 from assets.partitions import CONFIG, REGION_WINDOWS, region_window
 from assets.previews import figure_png, png_metadata, true_colour
 from assets.resources import DataStore, StacApi
 from matter_model.atomic_io import atomic_write_text
-from pipelines.coregistration import coregister, region_grid, utm_epsg, write_stack
-from pipelines.stac import SearchRequest, StacSearchError, item_mgrs_tile, search_items
+from pipelines.coregistration import (
+    DEFAULT_CHUNK_PX,
+    DEFAULT_SAMPLE_PX,
+    coregister,
+    open_stack,
+    region_grid,
+    utm_epsg,
+    write_stack,
+)
+from pipelines.stac import StacSearchError, item_mgrs_tile, search_items
 from pipelines.stac.items import split_usable
 
 GROUP = "imagery"
@@ -27,15 +36,7 @@ def stac_items(
     """
     part = region_window(context)
     region = CONFIG.region(part.region)
-    request = SearchRequest(
-        url=stac.url,
-        collections=(CONFIG.stac.get("collection", "sentinel-2-l2a"),),
-        bbox=region.bbox,
-        start=part.start.isoformat(),
-        end=part.end.isoformat(),
-        max_cloud_cover=float(CONFIG.stac.get("max_cloud_cover", 100)),
-        mgrs_tiles=region.mgrs_tiles,
-    )
+    request = stac.request(region, part.start, part.end)
     found = search_items(request)
     items, skipped = split_usable(found)
     reasons = {s.item_id: s.reason for s in skipped}
@@ -62,8 +63,14 @@ def stac_items(
 
 
 @dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, deps=[stac_items], kinds={"zarr"})
-def coregistered_stack(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
-    """The partition's dates on one 10 m UTM grid, shifts corrected, SCL valid mask, in zarr."""
+def coregistered_stack(
+    context: dg.AssetExecutionContext, store: DataStore, dask_cluster: DaskCluster
+) -> dg.MaterializeResult:
+    """The partition's dates on one 10 m UTM grid, shifts corrected, SCL valid mask, in zarr.
+
+    Computed in blocks on the step's dask cluster and streamed into the store, so a full tile
+    fits in the memory of a few blocks; the metadata and preview are read back from the store.
+    """
     part = region_window(context)
     region = CONFIG.region(part.region)
     items = json.loads(store.items(part.region, part.window).read_text())["features"]
@@ -77,12 +84,17 @@ def coregistered_stack(context: dg.AssetExecutionContext, store: DataStore) -> d
         grid,
         region=part.region,
         href_rewrites=[tuple(r) for r in CONFIG.stac.get("href_rewrites", [])],
+        chunk_px=int(CONFIG.grid.get("chunk_px", DEFAULT_CHUNK_PX)),
+        sample_px=int(CONFIG.grid.get("sample_px", DEFAULT_SAMPLE_PX)),
     )
     path = write_stack(stack, store.stack(part.region, part.window))
-    bands = list(stack.band.values)
+    stack = open_stack(path)
     dates = [str(t)[:10] for t in stack.time.values.astype("datetime64[D]")]
+    rgb = ["B04", "B03", "B02"]
+    step = -(-max(grid.height, grid.width) // 1024)  # previews of at most 1024 px a side
+    preview = stack.reflectance.sel(band=rgb)[:, :, ::step, ::step].values
     png = figure_png(
-        [(d, true_colour(stack.reflectance.values[t], bands)) for t, d in enumerate(dates)],
+        [(d, true_colour(preview[t], rgb)) for t, d in enumerate(dates)],
         path.with_suffix(".png"),
     )
     nbytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -99,6 +111,7 @@ def coregistered_stack(context: dg.AssetExecutionContext, store: DataStore) -> d
                 dict(zip(dates, stack.shift_px.values.round(3).tolist(), strict=True))
             ),
             "max_abs_shift_px": float(np.abs(stack.shift_px.values).max()),
+            "dask_scheduler": dask_cluster.client.scheduler.address,
             "bytes_written": nbytes,
             "path": dg.MetadataValue.path(str(path)),
             **png_metadata(png, path.with_suffix(".png")),

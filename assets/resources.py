@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
 from pydantic import PrivateAttr
 
-from assets.config import endpoint_url
+from assets.config import Region, endpoint_url
 from pipelines.demo_world import SPECS, generate_demo_world
-from pipelines.stac import StacServer
+from pipelines.stac import SearchRequest, StacServer
 
 
 class DataStore(dg.ConfigurableResource):
@@ -59,6 +60,8 @@ class StacApi(dg.ConfigurableResource):
     endpoint: str = "demo"
     demo_world_root: str = ".demo/data/demo_world"
     demo_world_spec: str = "default"
+    collection: str = "sentinel-2-l2a"
+    max_cloud_cover: float = 100.0
     _url: str = PrivateAttr(default="")
 
     @property
@@ -70,6 +73,21 @@ class StacApi(dg.ConfigurableResource):
         if not self._url:
             raise RuntimeError("StacApi.url is only available while the resource is in use")
         return self._url
+
+    def request(
+        self, region: Region, start: datetime, end: datetime, **options: object
+    ) -> SearchRequest:
+        """The search for a region's items acquired in [start, end), under the cloud limit."""
+        return SearchRequest(
+            url=self.url,
+            collections=(self.collection,),
+            bbox=region.bbox,
+            start=start.isoformat(),
+            end=end.isoformat(),
+            max_cloud_cover=self.max_cloud_cover,
+            mgrs_tiles=region.mgrs_tiles,
+            **options,
+        )
 
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[StacApi]:

@@ -19,7 +19,7 @@ import dagster as dg
 from assets.jobs import patch_dataset
 from assets.partitions import CONFIG, REGION_WINDOWS
 from assets.resources import StacApi
-from pipelines.stac import EmptySearchError, SearchRequest, StacSearchError, search_items
+from pipelines.stac import EmptySearchError, StacSearchError, search_items
 
 # A sensor tick must stay short: one retry against a failing API, the next tick tries again.
 SENSOR_RETRIES = 1
@@ -66,16 +66,7 @@ def new_scenes(context: dg.SensorEvaluationContext, stac: StacApi) -> dg.SensorR
     end = spans.time_window_for_partition_key(windows[-1]).end
     run_requests, failed = [], []
     for region in CONFIG.regions:
-        request = SearchRequest(
-            url=stac.url,
-            collections=(CONFIG.stac.get("collection", "sentinel-2-l2a"),),
-            bbox=region.bbox,
-            start=start.isoformat(),
-            end=end.isoformat(),
-            max_cloud_cover=float(CONFIG.stac.get("max_cloud_cover", 100)),
-            mgrs_tiles=region.mgrs_tiles,
-            max_retries=SENSOR_RETRIES,
-        )
+        request = stac.request(region, start, end, max_retries=SENSOR_RETRIES)
         try:
             items = search_items(request)
         except EmptySearchError:

@@ -4,63 +4,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import yaml
-
-from pipelines.demo_world import TINY_SPEC, generate_demo_world
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _config(tmp: Path, **changes) -> Path:
-    """A project config over the tiny demo world, written to ``tmp/config.yaml``."""
-    manifest = generate_demo_world(tmp / "data" / "demo_world", TINY_SPEC)
-    config = yaml.safe_load((REPO / "assets" / "demo.yaml").read_text())
-    config["stac"]["demo_world_spec"] = "tiny"
-    config["regions"] = [{"name": r["name"], "bbox": r["bbox"]} for r in manifest["regions"]]
-    config["storage"]["root"] = str(tmp / "data")
-    config["training"]["overrides"] = {
-        "steps": 3,
-        "batch_size": 4,
-        "num_workers": 0,
-        "checkpoint_every": 2,
-    }
-    config["evaluation"]["oscd_root"] = None
-    for section, values in changes.items():
-        config[section] = (
-            {**config.get(section, {}), **values} if isinstance(values, dict) else values
-        )
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def _run(args: list[str], config: Path, tmp: Path) -> subprocess.CompletedProcess:
-    home = tmp / "dagster_home"
-    home.mkdir(exist_ok=True)
-    env = {**os.environ, "MATTER_CONFIG": str(config), "DAGSTER_HOME": str(home)}
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-
-
-def _rustac_processes() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "rustac serve" in line]
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    tmp = tmp_path_factory.mktemp("e2e")
-    config = _config(tmp)
-    before = _rustac_processes()
-    result = _run([sys.executable, "-m", "assets.demo"], config, tmp)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert _rustac_processes() == before, "the STAC server outlived the run"
-    return tmp, config, result.stdout
+from tests.assets.demo_chain import run_in, tiny_config
 
 
 def test_demo_names_its_report_last(demo_run) -> None:
@@ -96,7 +43,7 @@ def test_every_stage_wrote_its_output(demo_run) -> None:
 def test_dagster_job_execute_runs_one_partition_of_the_chain(demo_run) -> None:
     tmp, config, _ = demo_run
     dagster = str(Path(sys.executable).with_name("dagster"))
-    result = _run(
+    result = run_in(
         [
             dagster,
             "job",
@@ -116,8 +63,8 @@ def test_dagster_job_execute_runs_one_partition_of_the_chain(demo_run) -> None:
 
 
 def test_an_empty_search_fails_clearly_and_writes_nothing(tmp_path: Path) -> None:
-    config = _config(tmp_path, time_windows={"start": "2023-01-01", "end": "2023-04-01"})
-    result = _run([sys.executable, "-m", "assets.demo"], config, tmp_path)
+    config = tiny_config(tmp_path, time_windows={"start": "2023-01-01", "end": "2023-04-01"})
+    result = run_in([sys.executable, "-m", "assets.demo"], config, tmp_path)
     assert result.returncode == 1
     assert "no sentinel-2-l2a items over bbox" in result.stdout + result.stderr
     assert not (tmp_path / "data" / "items").exists()
