@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DAGSTER_HOME ?= $(CURDIR)/.demo/dagster_home
 
-.PHONY: install instance demo test lint ui clean bench
+.PHONY: install instance demo test lint ui clean bench oscd-pretrain oscd-eval
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -46,6 +46,17 @@ bench: install $(TORCHGEO_VENV)/.installed
 	$(PY) benchmarks/pac2d.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/tiling.py
+	$(PY) benchmarks/change_screen.py
+
+# Pretraining on real Sentinel-2 (the unlabelled OSCD cities) and OSCD evaluation (README: Evaluation).
+OSCD_ROOT ?= ../shared/data/oscd
+oscd-pretrain: install
+	$(PY) -m pipelines.oscd_patches --root "$(OSCD_ROOT)" --out .demo/oscd/patches
+	$(PY) -m matter_model.train --config matter_model/configs/oscd.yaml
+
+oscd-eval: install
+	$(PY) -m matter_model.evaluate oscd --root "$(OSCD_ROOT)" --out .demo/oscd/metrics.json \
+		--maps .demo/oscd/change_maps --finetune
 
 clean:
 	rm -rf .demo

@@ -13,6 +13,7 @@ from matter_model.atomic_io import atomic_write_text
 from matter_model.change_detection import ChangePair, compare_with_baselines
 from matter_model.checkpoint import load_model
 from matter_model.datasets.oscd import OSCD
+from matter_model.downstream.oscd import unsupervised as oscd_unsupervised
 from pipelines.demo_world.truth import demo_change_pairs
 
 GROUP = "evaluation"
@@ -36,17 +37,20 @@ def change_detection_eval(
     if CONFIG.stac.get("endpoint") == "demo" and stacks:
         datasets["demo_world"] = demo_change_pairs(store.demo_world, stacks, bands)
     oscd_root = Path(settings.get("oscd_root") or "")
-    if settings.get("oscd_root") and oscd_root.exists():
-        datasets["oscd"] = OSCD(oscd_root).iter_pairs(bands=bands)
-    else:
+    oscd = OSCD(oscd_root) if settings.get("oscd_root") and oscd_root.exists() else None
+    if oscd is None:
         context.log.info(f"OSCD not evaluated: {oscd_root} does not exist")
-    if not datasets:
+    if not datasets and oscd is None:
         raise RuntimeError("nothing to evaluate on: no demo-world stacks and no OSCD root")
     previews = store.reports / "change_maps"
     window, sigma = int(settings.get("window", 13)), float(settings.get("sigma", 1.0))
     results = compare_with_baselines(
         model, model_config, datasets, window=window, sigma=sigma, previews=previews
     )
+    if oscd is not None:  # the same code as `python -m matter_model.evaluate oscd`
+        results["oscd"] = oscd_unsupervised(
+            model, model_config, oscd, oscd.labelled_cities(), window, sigma, previews
+        )
     report = {
         "checkpoint": str(checkpoint),
         "window": window,
@@ -72,7 +76,8 @@ def change_detection_eval(
         "report": dg.MetadataValue.path(str(path)),
         **{f"{row['dataset']}_{row['method']}_f1": row["f1"] for row in rows},
     }
-    first_map = next(iter(sorted(previews.glob("*.png"))), None)
-    if first_map is not None:
-        metadata.update(png_metadata(first_map.read_bytes(), first_map, "change_map"))
+    for change_map in sorted(previews.glob("*.png")):  # dates, truth, MATTER's prediction
+        metadata.update(
+            png_metadata(change_map.read_bytes(), change_map, f"change_map_{change_map.stem}")
+        )
     return dg.MaterializeResult(metadata=metadata)

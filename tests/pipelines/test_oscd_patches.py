@@ -1,0 +1,48 @@
+"""The OSCD patch store for real-imagery pretraining: unlabelled cities only, one shard each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from matter_model.datasets.oscd import MATTER_BANDS, OSCDError
+from matter_model.patch_store import TripletDataset, read_info, read_patches, shard_ids
+from pipelines.oscd_patches import build_oscd_patch_store
+from tests.conftest import REAL_DATA
+from tests.matter_model.oscd_fixtures import make_city, make_release
+
+REAL_ROOT = REAL_DATA / "oscd"
+
+
+def test_unlabelled_cities_become_one_shard_each_and_reruns_replace_them(tmp_path: Path) -> None:
+    release, store = make_release(tmp_path / "oscd"), tmp_path / "patches"
+    options = {"window": 8, "min_negative_distance_px": 16, "log": lambda _: None}
+    written = build_oscd_patch_store(release, store, **options)
+    assert list(written) == ["nolabel"] and written["nolabel"] > 0  # labelled cities are held out
+    assert shard_ids(store) == ["oscd-nolabel"]
+    assert read_info(store).bands == MATTER_BANDS and read_info(store).patch_size == 8
+    table = read_patches(store)
+    assert len(table) == written["nolabel"] and set(table["region"]) == {"oscd-nolabel"}
+    assert set(table["anchor_date"]) | set(table["positive_date"]) == {"2016-01-20", "2018-03-28"}
+    triplet = TripletDataset(store)[0]
+    assert triplet["anchor"].shape == (9, 8, 8) and np.isfinite(triplet["anchor"].numpy()).all()
+    assert build_oscd_patch_store(release, store, **options) == written
+    assert shard_ids(store) == ["oscd-nolabel"]
+
+
+def test_a_release_without_unlabelled_cities_is_an_error(tmp_path: Path) -> None:
+    make_city(tmp_path, "town", (40, 48))
+    with pytest.raises(OSCDError, match="no unlabelled OSCD city"):
+        build_oscd_patch_store(tmp_path, tmp_path / "patches", log=lambda _: None)
+
+
+@pytest.mark.skipif(
+    not REAL_ROOT.is_dir(), reason=f"real OSCD data not found at {REAL_ROOT} (set MATTER_REAL_DATA)"
+)
+def test_real_unlabelled_city(tmp_path: Path) -> None:
+    written = build_oscd_patch_store(REAL_ROOT, tmp_path, ["rio"], log=lambda _: None)
+    assert written["rio"] > 0
+    anchor = TripletDataset(tmp_path)[0]["anchor"].numpy()
+    assert anchor.shape == (9, 32, 32) and 0 < np.median(anchor) < 1  # reflectance, not DN
