@@ -51,6 +51,7 @@ class ProjectConfig:
     storage: dict[str, Any] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)
     sensor: dict[str, Any] = field(default_factory=dict)
+    dask: dict[str, Any] = field(default_factory=dict)
 
     def region(self, name: str) -> Region:
         for region in self.regions:
@@ -94,6 +95,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> ProjectConfig:
             "storage",
             "checks",
             "sensor",
+            "dask",
         )
     }
     return ProjectConfig(path=path, regions=tuple(regions), **sections)

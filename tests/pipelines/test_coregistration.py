@@ -6,12 +6,15 @@ import json
 
 import numpy as np
 import pytest
+import xarray as xr
 from affine import Affine
 from rasterio.warp import transform_bounds
 from scipy import ndimage
 
 from pipelines.coregistration import (
+    CoregistrationError,
     Grid,
+    block_windows,
     coregister,
     estimate_shift,
     item_epsg,
@@ -109,18 +112,81 @@ def test_grid_coords_are_pixel_centres() -> None:
     np.testing.assert_allclose(y, [1995, 1985])
 
 
-def test_planted_shifts_of_the_demo_world_are_measured(tmp_path) -> None:
+@pytest.fixture(scope="module")
+def default_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
+    """The default demo world (384 px regions) and its items, generated once for this module."""
+    root = tmp_path_factory.mktemp("default") / "world"
+    manifest = generate_demo_world(root, DEFAULT_SPEC)
+    return manifest, json.loads((root / "items.json").read_text())["features"]
+
+
+def _region_stack(region: dict, items: list[dict], **kwargs) -> tuple[Grid, xr.Dataset]:
+    ids = set(region["item_ids"].values())
+    lon0, lat0, lon1, lat1 = region["bbox"]
+    grid = region_grid(region["bbox"], utm_epsg((lon0 + lon1) / 2, (lat0 + lat1) / 2))
+    return grid, coregister([it for it in items if it["id"] in ids], grid, region["name"], **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("chunk_px", "sample_px"),
+    [(1024, 1024), (128, 256)],
+    ids=["one block, whole grid sampled", "128 px blocks, 256 px sample"],
+)
+def test_planted_shifts_of_the_demo_world_are_measured(
+    default_world, chunk_px: int, sample_px: int
+) -> None:
     """Each date's planted sub-pixel shift, measured against the reference date through clouds
-    (the default demo world: its 384 px regions leave enough clear texture to measure)."""
-    manifest = generate_demo_world(tmp_path / "world", DEFAULT_SPEC)
-    items = json.loads((tmp_path / "world" / "items.json").read_text())["features"]
+    (the default demo world: its 384 px regions leave enough clear texture to measure), also
+    when only the clearest 256 px of the grid are sampled."""
+    manifest, items = default_world
     for region in manifest["regions"]:
-        ids = set(region["item_ids"].values())
-        lon0, lat0, lon1, lat1 = region["bbox"]
-        grid = region_grid(region["bbox"], utm_epsg((lon0 + lon1) / 2, (lat0 + lat1) / 2))
-        stack = coregister([it for it in items if it["id"] in ids], grid, region["name"])
+        _, stack = _region_stack(region, items, chunk_px=chunk_px, sample_px=sample_px)
         reference = region["shifts_px"][stack.attrs["reference_date"]]
         dates = [str(t)[:10] for t in stack.time.values.astype("datetime64[D]")]
         for date, measured in zip(dates, stack.shift_px.values, strict=True):
             planted = np.subtract(region["shifts_px"][date], reference)
             np.testing.assert_allclose(measured, planted, atol=0.1, err_msg=date)
+
+
+def test_chunked_stack_equals_the_whole_grid_one(tiny_world, tmp_path) -> None:
+    """Blocks of 32 px, shifted with overlaps and streamed to zarr, give exactly the stack of
+    one block holding the whole grid (what reading each date into memory gives)."""
+    manifest = json.loads((tiny_world / "manifest.json").read_text())
+    items = json.loads((tiny_world / "items.json").read_text())["features"]
+    region = manifest["regions"][0]
+    grid, whole = _region_stack(region, items, chunk_px=4096)
+    _, chunked = _region_stack(region, items, chunk_px=32)
+    blocks = (-(-grid.height // 32), -(-grid.width // 32))
+    assert chunked.reflectance.data.numblocks == (len(whole.time), 1, *blocks)
+    assert np.abs(whole.shift_px.values).max() > 0  # the overlapped resampling ran
+    reopened = open_stack(write_stack(chunked, tmp_path / "chunked.zarr"))
+    assert reopened.reflectance.encoding["chunks"] == (1, 1, 32, 32)
+    for stack in (chunked, reopened):
+        np.testing.assert_array_equal(stack.reflectance.values, whole.reflectance.values)
+        np.testing.assert_array_equal(stack.valid.values, whole.valid.values)
+        np.testing.assert_array_equal(stack.valid_fraction.values, whole.valid_fraction.values)
+        np.testing.assert_array_equal(stack.shift_px.values, whole.shift_px.values)
+    assert reopened.attrs == whole.attrs
+    assert list(reopened.item_ids.values) == list(whole.item_ids.values)
+
+
+def test_block_windows_cover_the_grid_once() -> None:
+    grid = Grid(32631, Affine(10, 0, 0, 0, -10, 0), width=70, height=50)
+    windows = [w for row in block_windows(grid, 32) for w in row]
+    assert [(w.col_off, w.row_off, w.width, w.height) for w in windows] == [
+        (0, 0, 32, 32),
+        (32, 0, 32, 32),
+        (64, 0, 6, 32),
+        (0, 32, 32, 18),
+        (32, 32, 32, 18),
+        (64, 32, 6, 18),
+    ]
+    with pytest.raises(CoregistrationError, match="chunk_px"):
+        block_windows(grid, 0)
+
+
+def test_a_shift_band_that_is_not_read_is_refused(tiny_world) -> None:
+    items = json.loads((tiny_world / "items.json").read_text())["features"]
+    grid = Grid(32631, Affine(10, 0, 0, 0, -10, 0), width=8, height=8)
+    with pytest.raises(CoregistrationError, match="shift_band B08"):
+        coregister(items, grid, "x", bands=("B02", "B03"), shift_band="B08")
