@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,7 @@ def _bands(args: argparse.Namespace, model: Matter, source: str) -> tuple[str, .
     return bands
 
 
-def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
+def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the probe or fine-tune on ``--train-split``, score ``--test-split``: the metrics."""
     device = torch.device(args.device)
     model, config, source = load_encoder(args.checkpoint, device, args.seed, args.untrained)
