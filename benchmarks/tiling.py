@@ -106,9 +106,21 @@ def date_names(dates: int) -> list[str]:
     return [(FIRST_DATE + timedelta(days=5 * t)).strftime("%Y%m%d") for t in range(dates)]
 
 
-def peak_mb() -> float:
-    """This process's peak resident set, MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def usage(start: float, cpu_start: float, patches: int) -> dict:
+    """Patches, wall and CPU seconds since the starts, and this process's peak resident set."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "patches": patches,
+        "seconds": time.perf_counter() - start,
+        "cpu_s": r.ru_utime + r.ru_stime - cpu_start,
+        "peak_mb": r.ru_maxrss / 1024,
+    }
+
+
+def cpu_seconds() -> float:
+    """CPU seconds this process has used so far, every thread."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def run_ours(folder: Path, dates: int, store: Path) -> dict:
@@ -123,7 +135,7 @@ def run_ours(folder: Path, dates: int, store: Path) -> dict:
         CogScene(f"{d[:4]}-{d[4:6]}-{d[6:]}", {b: path(d, b) for b in BANDS}, path(d, "SCL"))
         for d in date_names(dates)
     ]
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     with CogStack(scenes, BANDS, region="benchmark", tile=TILE) as source:
         result = tile_to_store(
             source,
@@ -136,8 +148,7 @@ def run_ours(folder: Path, dates: int, store: Path) -> dict:
             max_pairs_per_window=1,
             strip_rows=2,
         )
-    seconds = time.perf_counter() - start
-    return {"patches": 3 * result.triplets, "seconds": seconds, "peak_mb": peak_mb()}
+    return usage(start, cpu_start, 3 * result.triplets)
 
 
 def run_torchgeo(folder: Path, dates: int, samples: int) -> dict:
@@ -155,7 +166,7 @@ def run_torchgeo(folder: Path, dates: int, samples: int) -> dict:
         all_bands = BANDS
         rgb_bands = ("B04", "B03", "B02")
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     # Only the files of the first ``dates`` dates: the folder may hold more.
     days = date_names(dates)
     paths = [str(folder / FILENAME.format(tile=TILE, date=d, band="B02")) for d in days]
@@ -169,8 +180,7 @@ def run_torchgeo(folder: Path, dates: int, samples: int) -> dict:
         image = batch["image"]
         assert image.shape[1:] == (len(BANDS), PATCH, PATCH), image.shape
         loaded += image.shape[0]
-    seconds = time.perf_counter() - start
-    return {"patches": loaded, "seconds": seconds, "peak_mb": peak_mb()}
+    return usage(start, cpu_start, loaded)
 
 
 def measure(side: str, folder: Path, dates: int, samples: int) -> dict:
@@ -184,6 +194,7 @@ def measure(side: str, folder: Path, dates: int, samples: int) -> dict:
         raise RuntimeError(f"the {side} run ({dates} dates) failed:\n{done.stderr[-3000:]}")
     row = json.loads(done.stdout.strip().splitlines()[-1])
     row["patches_per_s"] = row["patches"] / row["seconds"] if row["patches"] else None
+    row["patches_per_cpu_s"] = row["patches"] / row["cpu_s"] if row["patches"] else None
     return row
 
 
@@ -209,6 +220,7 @@ def main() -> None:
     if not TORCHGEO_PYTHON.exists():
         sys.exit(f"no torchgeo environment at {TORCHGEO_PYTHON}: run `make bench`, which makes it")
     curve = [int(d) for d in args.curve.split(",")]
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "cogs"
         started = time.perf_counter()
@@ -241,10 +253,14 @@ def main() -> None:
         "torchgeo_patches_per_s": median("torchgeo", "patches_per_s"),
         "ours_peak_mb": median("ours", "peak_mb"),
         "torchgeo_peak_mb": median("torchgeo", "peak_mb"),
+        "ours_patches_per_cpu_s": median("ours", "patches_per_cpu_s"),
+        "torchgeo_patches_per_cpu_s": median("torchgeo", "patches_per_cpu_s"),
+        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
         "runs": head,
         "cost_curve": rows,
     }
     result["speedup"] = result["ours_patches_per_s"] / result["torchgeo_patches_per_s"]
+    result["cpu_speedup"] = result["ours_patches_per_cpu_s"] / result["torchgeo_patches_per_cpu_s"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "tiling.json"
     tmp_out = out.with_suffix(".json.tmp")
@@ -252,18 +268,21 @@ def main() -> None:
     os.replace(tmp_out, out)
 
     print(f"\n{args.dates} dates, median of {args.repeats}:")
-    print(f"{'':10} {'patches/s':>10} {'peak MB':>9}")
+    print(f"{'':10} {'patches/s':>10} {'per CPU-s':>10} {'peak MB':>8}")
     for side in ("ours", "torchgeo"):
-        print(f"{side:10} {result[f'{side}_patches_per_s']:10.1f} {result[f'{side}_peak_mb']:9.0f}")
-    print(f"speedup {result['speedup']:.2f}x (target 5x)\n\ncost curve:")
-    print(
-        f"{'side':10} {'dates':>5} {'patches':>8} {'seconds':>8} {'patches/s':>10} {'peak MB':>8}"
-    )
-    for r in rows:
-        rate = f"{r['patches_per_s']:10.1f}" if r["patches_per_s"] else f"{'none':>10}"
         print(
-            f"{r['side']:10} {r['dates']:5d} {r['patches']:8d} {r['seconds']:8.2f} {rate} "
-            f"{r['peak_mb']:8.0f}"
+            f"{side:10} {result[f'{side}_patches_per_s']:10.1f} "
+            f"{result[f'{side}_patches_per_cpu_s']:10.1f} {result[f'{side}_peak_mb']:8.0f}"
+        )
+    print(
+        f"speedup {result['speedup']:.2f}x (target 5x), per CPU-second "
+        f"{result['cpu_speedup']:.2f}x; load average {load_start:.1f} at the start"
+    )
+    print(f"\ncost curve:\n{'side':10} {'dates':>5} {'patches':>8} {'seconds':>8} {'CPU s':>7}")
+    for r in rows:
+        print(
+            f"{r['side']:10} {r['dates']:5d} {r['patches']:8d} {r['seconds']:8.2f} "
+            f"{r['cpu_s']:7.2f} {r['peak_mb']:8.0f} MB"
         )
     print(f"wrote {out.relative_to(REPO)}")
 

@@ -1,12 +1,34 @@
-"""Triplet tiling: only unchanged windows, negatives far away, deterministic, no NaN."""
+"""Triplet tiling: only unchanged windows, negatives far away, deterministic, no NaN; strips into
+the patch store; COGs of the real 29RKH tile read at native resolution."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pytest
+import torch
+import zarr
+from affine import Affine
+from rasterio.enums import Resampling
 
+from matter_model.patch_store import TripletDataset, shard_ids
+from pipelines.bands import SCL_INVALID_DEFAULT
 from pipelines.change_screen import screen_windows
-from pipelines.tiling import cut_triplets
+from pipelines.cog_stack import CogScene, CogStack, CogStackError
+from pipelines.coregistration import Grid, read_asset
+from pipelines.tiling import (
+    PATCH_COLUMNS,
+    StackSource,
+    TilingResult,
+    all_windows,
+    cut_triplets,
+    plan_triplets,
+    tile_to_store,
+)
 from tests.pipelines.stacks import BANDS, synthetic_stack
 
 
@@ -71,3 +93,193 @@ def test_no_unchanged_window_gives_an_empty_but_typed_table() -> None:
     triplets = cut_triplets(stack, screen, bands=BANDS, seed=0)
     assert len(triplets.patches) == 0 and "anchor_date" in triplets.patches.columns
     assert triplets.anchor.shape == (0, len(BANDS), 32, 32)
+
+
+# --- planning: validity, negatives, strips, bad settings -------------------------------------
+
+
+def _windows(rows: int, cols: int, size: int = 32) -> pd.DataFrame:
+    grid = Grid(32631, Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4500000.0), cols * size, rows * size)
+    return all_windows(grid, size)
+
+
+def test_a_negative_is_valid_enough_at_the_anchor_date() -> None:
+    windows = _windows(4, 4)
+    fractions = np.ones((3, 4, 4))
+    fractions[0, 3, :] = 0.2  # the bottom row is cloudy at date 0 only
+    plan = plan_triplets(windows, fractions, seed=1, min_valid_fraction=0.9)
+    negative_rows = windows["row"].to_numpy()[plan["negative"]]
+    anchor_rows = windows["row"].to_numpy()[plan["window"]]
+    assert not ((plan["anchor"] == 0) & (negative_rows == 3)).any()
+    assert not ((plan["anchor"] == 0) & (anchor_rows == 3)).any()
+    assert not ((plan["positive"] == 0) & (anchor_rows == 3)).any()
+    # Every ordered pair of the three dates above the cloud, only dates 1 and 2 under it.
+    assert len(plan) == 12 * 6 + 4 * 2
+
+
+def test_max_pairs_per_window_and_strips() -> None:
+    windows = _windows(4, 6)
+    fractions = np.ones((4, 4, 6))
+    plan = plan_triplets(
+        windows,
+        fractions,
+        seed=0,
+        min_negative_distance_px=64,
+        max_pairs_per_window=2,
+        strip_rows=2,
+    )
+    assert (plan.groupby("window").size() == 2).all()
+    rows = windows["row"].to_numpy()
+    assert (rows[plan["window"]] // 2 == rows[plan["negative"]] // 2).all()
+    centres = windows[["y0", "x0"]].to_numpy()
+    distance = np.hypot(*(centres[plan["window"]] - centres[plan["negative"]]).T)
+    assert (distance >= 64).all()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"min_valid_fraction": 1.5}, "min_valid_fraction"),
+        ({"max_pairs_per_window": 0}, "max_pairs_per_window"),
+    ],
+)
+def test_bad_settings_are_named(setting: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        plan_triplets(_windows(2, 2), np.ones((2, 2, 2)), **setting)
+
+
+def test_the_patch_table_is_complete() -> None:
+    stack, _, triplets = _cut()
+    p = triplets.patches
+    assert list(p.columns) == PATCH_COLUMNS and not p.isna().any().any()
+    assert (p.crs == stack.attrs["crs"]).all() and (p.region == "synthetic").all()
+    for column in ("anchor_valid_fraction", "positive_valid_fraction", "negative_valid_fraction"):
+        assert p[column].between(0.5, 1.0).all()
+    # The transform puts the window's upper-left pixel at its bbox corner, 10 m pixels.
+    a, _, c, _, e, f = (float(v) for v in p["transform"].iloc[0].split(","))
+    assert (a, e) == (10.0, -10.0) and (c, f) == (p.minx.iloc[0], p.maxy.iloc[0])
+    assert np.allclose(p.maxx - p.minx, 320) and np.allclose(p.maxy - p.miny, 320)
+    origin = stack.attrs["transform"]
+    assert np.allclose(p.minx, origin[2] + p.window_col * 320)
+
+
+# --- into the patch store ---------------------------------------------------------------------
+
+
+def test_tile_to_store_in_strips_is_readable_and_reruns_identically(tmp_path) -> None:
+    stack = synthetic_stack(size=128, dates=3, changed=None)
+    screen = screen_windows(stack, window=32, threshold=1.5, min_valid_fraction=0.5)
+    settings = {"seed": 2, "min_valid_fraction": 0.5, "min_negative_distance_px": 64}
+
+    def tile(root: Path) -> TilingResult:
+        return tile_to_store(
+            StackSource(stack, BANDS), screen, root, "part", BANDS, strip_rows=2, **settings
+        )
+
+    first = tile(tmp_path / "a")
+    assert [s.name for s in first.shards] == ["part-0000", "part-0001"]
+    assert shard_ids(tmp_path / "a") == ["part-0000", "part-0001"]
+    dataset = TripletDataset(tmp_path / "a", BANDS)
+    assert len(dataset) == first.triplets > 0
+    sample = dataset[0]
+    assert sample["anchor"].shape == (len(BANDS), 32, 32)
+    again = tile(tmp_path / "a")
+    assert again.triplets == first.triplets
+    other = tile(tmp_path / "b")
+    for shard in ("part-0000", "part-0001"):
+        for role in ("anchor", "positive", "negative"):
+            np.testing.assert_array_equal(
+                zarr.open_group(tmp_path / "a" / "shards" / shard)[role][:],
+                zarr.open_group(tmp_path / "b" / "shards" / shard)[role][:],
+            )
+    assert other.triplets == first.triplets
+
+
+def test_whole_scene_shard_matches_cut_triplets(tmp_path) -> None:
+    stack, screen, triplets = _cut(seed=5)
+    result = tile_to_store(
+        StackSource(stack, BANDS), screen, tmp_path, "whole", BANDS, seed=5, min_valid_fraction=0.5
+    )
+    group = zarr.open_group(result.shards[0], mode="r")
+    np.testing.assert_array_equal(group["negative"][:], triplets.negative)
+    written = pd.read_csv(result.shards[0] / "patches.csv")
+    assert written["negative_row"].tolist() == triplets.patches["negative_row"].tolist()
+
+
+def test_an_all_cloudy_region_writes_an_empty_valid_shard(tmp_path) -> None:
+    stack = synthetic_stack(size=64, dates=2, changed=None)
+    stack["valid"][:] = False
+    screen = screen_windows(stack, window=32, min_valid_fraction=0.9)
+    assert not screen["unchanged"].any()
+    result = tile_to_store(StackSource(stack, BANDS), screen, tmp_path, "cloudy", BANDS)
+    assert result.triplets == 0 and shard_ids(tmp_path) == ["cloudy"]
+    assert len(pd.read_csv(result.shards[0] / "patches.csv")) == 0
+
+
+# --- straight from COGs: the real 29RKH tile --------------------------------------------------
+
+
+def _real_scene(folder: Path, bands: list[str]) -> CogScene:
+    item = json.loads((folder / "S2A_29RKH_20200219_0_L2A.json").read_text())
+    cloud_prefix = item["assets"]["red"]["href"].rsplit("/", 1)[0] + "/"
+    return CogScene.from_item(item, bands, [(cloud_prefix, str(folder.resolve()) + "/")])
+
+
+# 12 km of the tile on a 10 m grid, its corner on the 600 m pixels of the downsampled 60 m band.
+REAL_GRID = Grid(32629, Affine(10.0, 0.0, 235980.0, 0.0, -10.0, 2764020.0), 1200, 1200)
+
+
+def test_cog_stack_matches_gdal_nearest_on_the_real_tile(real_data) -> None:
+    folder = real_data("s2_l2a_cog_29RKH")
+    bands = ["B01", "B04", "B05", "B8A"]  # 60, 10, 20, 20 m (stored 10x coarser)
+    scene = _real_scene(folder, bands)
+    assert scene.date == "2020-02-19" and scene.offset == 0.0  # baseline 02.14: no offset
+    with CogStack([scene], bands, grid=REAL_GRID) as source:
+        strip = source.read_rows(300, 700, 0)
+        out = np.empty((len(bands), 256, 256), np.float32)
+        valid = strip.crop(50, 410, out)
+        fractions = source.valid_fraction(256)
+    for i, name in enumerate(bands):
+        dn, _ = read_asset(scene.bands[name], REAL_GRID, Resampling.nearest)
+        expected = dn[350:606, 410:666].astype(np.float32) * np.float32(1e-4)
+        np.testing.assert_allclose(out[i], expected, rtol=1e-6)
+    scl, _ = read_asset(scene.scl, REAL_GRID, Resampling.nearest)
+    np.testing.assert_array_equal(valid, ~np.isin(scl[350:606, 410:666], SCL_INVALID_DEFAULT))
+    assert fractions.shape == (1, 4, 4) and 0.5 < fractions.mean() <= 1.0
+
+
+def test_real_tile_cogs_into_the_patch_store(tmp_path, real_data) -> None:
+    folder = real_data("s2_l2a_cog_29RKH")
+    scene = _real_scene(folder, BANDS)
+    later = replace(scene, date="2020-02-24")  # the same files as a second date
+    with CogStack([scene, later], BANDS, grid=REAL_GRID, region="29RKH", tile="29RKH") as source:
+        result = tile_to_store(
+            source,
+            all_windows(source.grid, 128),
+            tmp_path,
+            "rkh",
+            BANDS,
+            min_valid_fraction=0.5,
+            max_pairs_per_window=1,
+            strip_rows=3,
+        )
+    assert len(result.shards) == 3 and result.triplets > 0
+    dataset = TripletDataset(tmp_path, BANDS)
+    table = dataset.patches
+    assert (table.crs == "EPSG:32629").all() and (table.tile == "29RKH").all()
+    assert set(table.anchor_date) | set(table.positive_date) == {"2020-02-19", "2020-02-24"}
+    sample = dataset[0]
+    # The same files at both dates: the positive is the anchor; a desert's reflectance range.
+    assert torch.equal(sample["anchor"], sample["positive"])
+    assert not torch.equal(sample["anchor"], sample["negative"])
+    assert 0.02 < float(sample["anchor"].median()) < 0.8
+
+
+def test_a_cog_off_the_grid_is_refused_with_the_reason(real_data) -> None:
+    folder = real_data("s2_l2a_cog_29RKH")
+    scene = _real_scene(folder, ["B04"])
+    shifted = Grid(32629, REAL_GRID.transform @ Affine.translation(0.5, 0), 1200, 1200)
+    with pytest.raises(CogStackError, match="pixel edges"), CogStack([scene], ["B04"], shifted):
+        pass
+    with pytest.raises(CogStackError, match=r"no COG for band\(s\) \['B02'\]"):
+        CogStack([scene], ["B02"])
