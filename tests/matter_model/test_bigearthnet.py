@@ -255,3 +255,14 @@ def test_checkpoint_with_other_bands_is_refused(fixture_root: Path, tmp_path: Pa
     other = write_tiny_checkpoint(tmp_path / "b10.pt", bands=("B02", "B10"))
     with pytest.raises(CheckpointError, match=r"b10\.pt takes bands .* has no \['B10'\]"):
         task.run(_args(fixture_root, other))
+
+
+def test_command_line_writes_the_metrics(fixture_root: Path, tmp_path: Path) -> None:
+    from matter_model.evaluate import evaluate
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "tiny.pt")
+    out = tmp_path / "metrics.json"
+    argv = ["bigearthnet", "--root", str(fixture_root), "--checkpoint", str(checkpoint)]
+    metrics = evaluate([*argv, "--out", str(out), "--epochs", "2", "--workers", "0"], log=print)
+    assert json.loads(out.read_text()) == metrics
+    assert metrics["model"] == f"checkpoint {checkpoint}" and metrics["test_patches"] == 2
