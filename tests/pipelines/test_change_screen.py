@@ -91,6 +91,19 @@ def test_spectral_angle_ignores_a_common_gain_and_sees_a_new_spectrum() -> None:
         pixel_change_score(first, last, valid, "ndvi")
 
 
+def test_radiometric_normalisation_reads_in_noise_sigmas() -> None:
+    """Per-band gain and haze are fitted away, so unchanged windows score about one noise sigma
+    and the planted new spectrum scores tens of them."""
+    stack = synthetic_stack(changed=(56, 80, 14, 12))
+    table = screen_windows(stack, window=32, threshold=3.0, min_valid_fraction=0.5, method="rrn")
+    truth = np.zeros((128, 128), dtype=bool)
+    truth[56:70, 80:92] = True
+    changed = window_truth(truth, 32)
+    assert table["score"][changed].min() > 20
+    assert table["score"][~changed].max() < 2
+    assert table["unchanged"].to_numpy().tolist() == (~changed).tolist()
+
+
 def test_threshold_for_precision_is_the_loosest_that_reaches_the_target() -> None:
     score = np.array([0.1, 0.2, 0.3, 0.4, 0.4, 0.5, np.inf])
     changed = np.array([False, False, True, False, False, True, True])
@@ -101,34 +114,47 @@ def test_threshold_for_precision_is_the_loosest_that_reaches_the_target() -> Non
 
 @pytest.fixture(scope="module")
 def oscd_windows(real_data) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per labelled OSCD city: the default window score and the truly changed windows."""
+    """Per labelled OSCD city: the configured window score and the truly changed windows."""
     oscd = OSCD(real_data("oscd"))
-    window = int(SCREEN["window"])
     windows = {}
     for name in oscd.labelled_cities():
         city = oscd.load(name, require_label=True)
         score, _ = window_scores(
-            np.stack([city.image_1, city.image_2]), np.stack([city.valid, city.valid]), window
+            np.stack([city.image_1, city.image_2]),
+            np.stack([city.valid, city.valid]),
+            int(SCREEN["window"]),
+            SCREEN.get("method", "cva"),
+            float(SCREEN.get("quantile", 1.0)),
         )
-        windows[name] = (score.ravel(), window_truth(city.label, window))
+        windows[name] = (score.ravel(), window_truth(city.label, window=int(SCREEN["window"])))
     assert len(windows) == 7
     return windows
 
 
-def test_oscd_precision_at_the_configured_threshold(oscd_windows) -> None:
-    """benchmarks/change_screen.py measured 0.856 precision, 0.526 recall at 1.2 over all
-    seven cities: far from the 0.99 target, which no threshold reaches at a useful recall."""
+@pytest.mark.parametrize(
+    ("threshold", "min_precision", "min_recall"),
+    [
+        # the configured threshold, fitted for 0.99 on all seven cities: 1.000, recall 0.013
+        (float(SCREEN["threshold"]), 0.99, 0.01),
+        # the former default keeps half the unchanged windows: 0.856, recall 0.526
+        (1.2, 0.84, 0.5),
+    ],
+)
+def test_oscd_precision_and_recall_at_a_threshold(
+    oscd_windows, threshold: float, min_precision: float, min_recall: float
+) -> None:
+    """Floors a little under what benchmarks/change_screen.py measured over the seven cities."""
     score = np.concatenate([s for s, _ in oscd_windows.values()])
     changed = np.concatenate([c for _, c in oscd_windows.values()])
-    table = pd.DataFrame({"unchanged": score < float(SCREEN["threshold"])})
-    quality = screening_quality(table, changed)
-    assert quality["kept_precision"] >= 0.84
-    assert quality["unchanged_recall"] >= 0.5
+    quality = screening_quality(pd.DataFrame({"unchanged": score < threshold}), changed)
+    assert quality["kept_precision"] >= min_precision
+    assert quality["unchanged_recall"] >= min_recall
 
 
 def test_oscd_leave_one_city_out_at_the_99_percent_target(oscd_windows) -> None:
     """Thresholds fitted for 0.99 precision on six cities keep 0.911 truly unchanged windows of
-    the seventh (recall 0.039), measured over all seven held-out cities."""
+    the seventh (56 kept, recall 0.039), over all seven held-out cities: the honest estimate of
+    the configured threshold on an unseen city."""
     kept_true = kept = 0
     for name, (score, changed) in oscd_windows.items():
         others = [w for n, w in oscd_windows.items() if n != name]
