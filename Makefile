@@ -47,6 +47,7 @@ bench: install $(TORCHGEO_VENV)/.installed
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/tiling.py
 	$(PY) benchmarks/change_screen.py
+	$(PY) benchmarks/coregistration.py
 
 # Pretraining on real Sentinel-2 (the unlabelled OSCD cities) and OSCD evaluation (README: Evaluation).
 OSCD_ROOT ?= ../shared/data/oscd
