@@ -15,6 +15,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import dagster as dg
@@ -68,32 +69,39 @@ def postgres_db() -> Iterator[str]:
         admin.close()
 
 
-def test_runs_and_materialisations_of_two_partitions_live_in_postgres(
-    postgres_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def deployment_home(postgres_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A DAGSTER_HOME holding the deployment's docker/dagster.yaml, over the fresh database."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "docker" / "dagster.yaml", home / "dagster.yaml")
-    logs = tmp_path / "compute_logs"
     for key, value in {
         "DAGSTER_HOME": str(home),
         "DAGSTER_PG_DB": postgres_db,
         "DAGSTER_MAX_CONCURRENT_RUNS": "1",
-        "DAGSTER_COMPUTE_LOG_DIR": str(logs),
-        "MATTER_CONFIG": str(tiny_config(tmp_path)),
+        "DAGSTER_COMPUTE_LOG_DIR": str(tmp_path / "compute_logs"),
     }.items():
         monkeypatch.setenv(key, value)
-    dagster = str(Path(sys.executable).with_name("dagster"))
+    return home
+
+
+def _dagster(*args: str) -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), *args, "-m", "assets.definitions"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+
+def test_runs_and_materialisations_of_two_partitions_live_in_postgres(
+    deployment_home: Path, postgres_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MATTER_CONFIG", str(tiny_config(tmp_path)))
     for partition in PARTITIONS:
-        result = subprocess.run(
-            [dagster, "asset", "materialize", "-m", "assets.definitions"]
-            + ["--select", ",".join(ASSETS), "--partition", partition],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        _dagster("asset", "materialize", "--select", ",".join(ASSETS), "--partition", partition)
 
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
@@ -111,14 +119,31 @@ def test_runs_and_materialisations_of_two_partitions_live_in_postgres(
                 (partition_of_run[r.run_id], r.asset_materialization.partition) for r in records
             ) == [(p, p) for p in PARTITIONS]
         # The steps' stdout/stderr went to the compute-log directory of the deployment.
+        logs = tmp_path / "compute_logs"
         assert any(logs.rglob("*.err")) or any(logs.rglob("*.out"))
 
     # The same records, straight from the database: nothing was kept on local disk instead.
-    with _connect(postgres_db) as connection, connection.cursor() as cursor:
+    with closing(_connect(postgres_db)) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'")
         assert cursor.fetchone()[0] == len(PARTITIONS)
         cursor.execute(
             "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'"
         )
         assert cursor.fetchone()[0] == len(PARTITIONS) * len(ASSETS)
-    assert not (home / "history").exists()
+    assert not (deployment_home / "history").exists()
+
+
+def test_a_backfill_is_queued_one_run_per_partition_within_the_backfill_limit(
+    deployment_home: Path,
+) -> None:
+    partitions = ",".join(PARTITIONS)
+    _dagster("job", "backfill", "-j", "patch_dataset", "--noprompt", "--partitions", partitions)
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs()
+        assert sorted(run.tags["dagster/partition"] for run in runs) == PARTITIONS
+        assert {run.status for run in runs} == {dg.DagsterRunStatus.QUEUED}  # for the daemon
+        assert len({run.tags["dagster/backfill"] for run in runs}) == 1
+        queue = instance.run_coordinator.get_run_queue_config()
+        assert queue.max_concurrent_runs == 1  # DAGSTER_MAX_CONCURRENT_RUNS
+        (limit,) = queue.tag_concurrency_limits
+        assert (limit["key"], limit["limit"]) == ("dagster/backfill", 2)
