@@ -57,7 +57,9 @@ oscd-pretrain: install
 
 oscd-eval: install
 	$(PY) -m matter_model.evaluate oscd --root "$(OSCD_ROOT)" --out .demo/oscd/metrics.json \
-		--maps .demo/oscd/change_maps --finetune
+		--maps .demo/oscd/change_maps
+	$(PY) -m matter_model.evaluate oscd-finetune --root "$(OSCD_ROOT)" \
+		--out .demo/oscd/finetune.json
 
 clean:
 	rm -rf .demo

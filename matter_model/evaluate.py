@@ -27,6 +27,7 @@ from matter_model.atomic_io import atomic_write_text
 
 TASKS: dict[str, str] = {
     "oscd": "matter_model.downstream.oscd",
+    "oscd-finetune": "matter_model.downstream.oscd_finetune",
     "bigearthnet": "matter_model.downstream.bigearthnet",
     "spacenet": "matter_model.downstream.spacenet",
 }
