@@ -15,7 +15,7 @@ from dagster._config import validate_config
 from dagster_dask import dask_executor
 
 from tests.assets.demo_chain import tiny_config
-from tests.deploy.conftest import REPO
+from tests.deploy.code_location import REPO
 
 DASK = REPO / "docker" / "dask"
 DATASET_ASSETS = ["stac_items", "coregistered_stack", "change_screen", "patch_triplets"]

@@ -17,7 +17,7 @@ from dagster_k8s.pipes import build_pod_body
 from assets.config import ConfigError
 from assets.executors import executor_from_env
 from assets.k8s import PROJECT_ROOT, pipes_client, training_pod
-from tests.deploy.conftest import probe_definitions
+from tests.deploy.code_location import probe_definitions
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 

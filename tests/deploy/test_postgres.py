@@ -24,7 +24,7 @@ import pytest
 from psycopg2 import sql
 
 from tests.assets.demo_chain import tiny_config
-from tests.deploy.conftest import REPO
+from tests.deploy.code_location import REPO
 
 SETTINGS = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD")
 PARTITIONS = ["beauce|2024-07-01", "lombardy|2024-07-01"]
