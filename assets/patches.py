@@ -5,14 +5,14 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from assets.partitions import CONFIG, REGION_WINDOWS, region_window
+from assets.partitions import CONFIG, REGION_WINDOWS, RegionWindow, region_window
 from assets.previews import figure_png, png_metadata
 from assets.resources import DataStore
 from matter_model.atomic_io import atomic_write_text
 from pipelines.change_screen import screen_windows, screening_quality, window_truth
 from pipelines.coregistration import open_stack, stack_grid
 from pipelines.demo_world.truth import change_truth
-from pipelines.tiling import StackSource, tile_to_store
+from pipelines.tiling import NegativePool, StackSource, tile_to_store
 
 GROUP = "patches"
 
@@ -53,16 +53,52 @@ def change_screen(context: dg.AssetExecutionContext, store: DataStore) -> dg.Mat
     return dg.MaterializeResult(metadata=metadata)
 
 
+def negative_pool(
+    store: DataStore, part: RegionWindow, negatives: str, bands: list[str]
+) -> NegativePool | None:
+    """Where negatives come from (config ``tiling.negatives``): ``same_scene`` (None), or
+    ``other_region``: the unchanged windows of the next region of the config, same time window."""
+    if negatives == "same_scene":
+        return None
+    if negatives != "other_region":
+        raise ValueError(
+            f"tiling.negatives is {negatives!r} in {CONFIG.path}; "
+            "use 'same_scene' or 'other_region'"
+        )
+    names = [r.name for r in CONFIG.regions]
+    if len(names) < 2:
+        raise ValueError(
+            f"tiling.negatives: other_region needs two regions or more in {CONFIG.path}; "
+            f"it lists {names}"
+        )
+    other = names[(names.index(part.region) + 1) % len(names)]
+    screen_path = store.screen(other, part.window)
+    if not screen_path.exists():
+        raise ValueError(
+            f"negatives come from region {other!r}, whose change screen for {part.window} is "
+            f"missing: materialise `change_screen` for partition {other}|{part.window} first"
+        )
+    stack = open_stack(store.stack(other, part.window)).load()
+    return NegativePool(StackSource(stack, bands), pd.read_csv(screen_path))
+
+
 @dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, deps=[change_screen], kinds={"zarr"})
 def patch_triplets(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
     """Anchor / positive / negative crops of the unchanged windows, one shard per partition."""
     part = region_window(context)
     stack = open_stack(store.stack(part.region, part.window)).load()
     screen = pd.read_csv(store.screen(part.region, part.window))
-    bands = list(CONFIG.tiling["bands"])
+    settings = dict(CONFIG.tiling)
+    negatives = settings.pop("negatives", "same_scene")
+    bands = list(settings["bands"])
     shard_id = part.shard_id
     result = tile_to_store(
-        StackSource(stack, bands), screen, store.patch_store, shard_id, **CONFIG.tiling
+        StackSource(stack, bands),
+        screen,
+        store.patch_store,
+        shard_id,
+        negative_pool=negative_pool(store, part, negatives, bands),
+        **settings,
     )
     (shard,) = result.shards
     metadata: dict = {

@@ -3,8 +3,9 @@
 - anchor: unchanged window w at date t_i;
 - positive: the same window w at another date t_j (every ordered pair of dates where both are
   valid enough, or ``max_pairs_per_window`` of them drawn at random);
-- negative: another unchanged window of the same scene at date t_i, valid enough at t_i and at
-  least ``min_negative_distance_px`` away (centre to centre), drawn at random.
+- negative: another unchanged window, drawn at random: of the same scene at date t_i, valid
+  enough at t_i and at least ``min_negative_distance_px`` away (centre to centre); or, given a
+  :class:`NegativePool`, of another region's scene at its date nearest t_i, valid enough there.
 
 Which triplets to cut is planned first, from the per-date valid fractions alone (a seeded
 generator: deterministic for a seed); the pixels are then read a strip of window rows at a time
@@ -34,6 +35,7 @@ from pipelines.coregistration import Grid, stack_grid
 PATCH_COLUMNS = [
     "region",
     "tile",
+    "negative_region",
     "anchor_date",
     "positive_date",
     "negative_date",
@@ -52,8 +54,8 @@ PATCH_COLUMNS = [
     "negative_valid_fraction",
 ]
 # The plan: which window, dates and negative window each triplet takes (indices into the kept
-# windows and the source's dates).
-PLAN_COLUMNS = ["window", "anchor", "positive", "negative"]
+# windows and the dates of the scene, or of the negative pool for ``negative_date``).
+PLAN_COLUMNS = ["window", "anchor", "positive", "negative", "negative_date"]
 
 
 class Strip(Protocol):
@@ -125,6 +127,20 @@ class StackSource:
 
 
 @dataclass(frozen=True)
+class NegativePool:
+    """Another region's scene and its change screen: negatives come from its unchanged windows."""
+
+    source: PixelSource
+    screen: pd.DataFrame
+
+    def nearest_dates(self, dates: Sequence[str]) -> np.ndarray:
+        """For each of ``dates``, the index of the pool's date nearest in time."""
+        pool = np.array(self.source.dates, dtype="datetime64[D]")
+        wanted = np.array(list(dates), dtype="datetime64[D]")
+        return np.abs(wanted[:, None] - pool[None, :]).argmin(axis=1)
+
+
+@dataclass(frozen=True)
 class Triplets:
     """Crops (N, C, S, S) float32 and their patch table (N rows)."""
 
@@ -173,11 +189,13 @@ def plan_triplets(
     min_negative_distance_px: int = 64,
     max_pairs_per_window: int | None = None,
     strip_rows: int | None = None,
+    pool: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Which triplets the ``windows`` (kept, unchanged) allow: :data:`PLAN_COLUMNS` per triplet.
 
     ``valid_fraction`` is (date, row, col). With ``strip_rows``, a negative lies in the same strip
-    of ``strip_rows`` window rows as its anchor.
+    of ``strip_rows`` window rows as its anchor. ``pool`` = (valid enough (pool date, pool
+    window) bool, pool date of each date): negatives from another scene instead.
     """
     if not 0.0 <= min_valid_fraction <= 1.0:
         raise ValueError(f"min_valid_fraction must lie in [0, 1], got {min_valid_fraction}")
@@ -192,19 +210,26 @@ def plan_triplets(
     dates = valid_fraction.shape[0]
     plan = []
     for w in range(len(windows)):
-        far = (np.hypot(*(centres - centres[w]).T) >= min_negative_distance_px) & (
-            strip == strip[w]
-        )
+        if pool is None:
+            far = (np.hypot(*(centres - centres[w]).T) >= min_negative_distance_px) & (
+                strip == strip[w]
+            )
+            candidates = [np.flatnonzero(far & valid_enough[i]) for i in range(dates)]
+            negative_dates = np.arange(dates)
+        else:
+            pool_enough, negative_dates = pool
+            candidates = [np.flatnonzero(pool_enough[negative_dates[i]]) for i in range(dates)]
         pairs = [
             (i, j)
             for i, j in permutations(range(dates), 2)
-            if valid_enough[i, w] and valid_enough[j, w] and (far & valid_enough[i]).any()
+            if valid_enough[i, w] and valid_enough[j, w] and candidates[i].size
         ]
         if max_pairs_per_window is not None and len(pairs) > max_pairs_per_window:
             chosen = rng.choice(len(pairs), max_pairs_per_window, replace=False)
             pairs = [pairs[k] for k in sorted(chosen)]
         for i, j in pairs:
-            plan.append((w, i, j, int(rng.choice(np.flatnonzero(far & valid_enough[i])))))
+            negative = int(rng.choice(candidates[i]))
+            plan.append((w, i, j, negative, int(negative_dates[i])))
     return pd.DataFrame(plan, columns=PLAN_COLUMNS, dtype=np.int64)
 
 
@@ -218,30 +243,46 @@ def _fill_invalid(crop: np.ndarray, valid: np.ndarray) -> float:
     return share
 
 
-def _cut(source: PixelSource, windows: pd.DataFrame, plan: pd.DataFrame, n_bands: int) -> Triplets:
-    """The triplets of a non-empty ``plan``: one read of the rows its windows span per date."""
+def _cut(
+    source: PixelSource,
+    windows: pd.DataFrame,
+    plan: pd.DataFrame,
+    n_bands: int,
+    pool: tuple[PixelSource, pd.DataFrame] | None = None,
+) -> Triplets:
+    """The triplets of a non-empty ``plan``: one read of the rows its windows span per date;
+    negatives from ``pool`` (source, kept windows) are read window by window."""
     size = int(windows["size"].iloc[0])
-    used = windows["row"].to_numpy()[np.concatenate([plan["window"], plan["negative"]])]
+    used = windows["row"].to_numpy()[plan["window"]]
+    if pool is None:
+        used = np.concatenate([used, windows["row"].to_numpy()[plan["negative"]]])
     y0, y1 = int(used.min()) * size, (int(used.max()) + 1) * size
     needed = sorted(set(plan["anchor"]) | set(plan["positive"]))
     strips = {t: source.read_rows(y0, y1, t) for t in needed}
+    negative_source, negative_windows = pool or (source, windows)
     crops = np.empty((3, len(plan), n_bands, size, size), dtype=np.float32)
     rows = []
-    for n, (w, i, j, neg) in enumerate(plan[PLAN_COLUMNS].itertuples(index=False)):
-        window, negative = windows.iloc[w], windows.iloc[neg]
+    for n, (w, i, j, neg, d) in enumerate(plan[PLAN_COLUMNS].itertuples(index=False)):
+        window, negative = windows.iloc[w], negative_windows.iloc[neg]
         shares = []
-        for role, (date, at) in enumerate(((i, window), (j, window), (i, negative))):
+        for role, (date, at) in enumerate(((i, window), (j, window))):
             crop = crops[role, n]
             valid = strips[date].crop(int(at["y0"]) - y0, int(at["x0"]), crop)
             shares.append(_fill_invalid(crop, valid))
+        ny0 = int(negative["y0"])
+        strip = strips[d] if pool is None else negative_source.read_rows(ny0, ny0 + size, d)
+        top = ny0 - y0 if pool is None else 0
+        valid = strip.crop(top, int(negative["x0"]), crops[2, n])
+        shares.append(_fill_invalid(crops[2, n], valid))
         t = source.grid.transform
         rows.append(
             {
                 "region": source.region,
                 "tile": source.tile,
+                "negative_region": negative_source.region,
                 "anchor_date": source.dates[i],
                 "positive_date": source.dates[j],
-                "negative_date": source.dates[i],
+                "negative_date": negative_source.dates[d],
                 "window_row": int(window["row"]),
                 "window_col": int(window["col"]),
                 "negative_row": int(negative["row"]),
@@ -268,6 +309,11 @@ def _no_triplets(n_bands: int, size: int) -> Triplets:
     return Triplets(empty, empty, empty, pd.DataFrame(columns=PATCH_COLUMNS))
 
 
+def _kept(screen: pd.DataFrame) -> pd.DataFrame:
+    """The unchanged windows of a screen, numbered from 0."""
+    return screen[screen["unchanged"].astype(bool)].reset_index(drop=True)
+
+
 def _plan(
     source: PixelSource,
     screen: pd.DataFrame,
@@ -276,11 +322,28 @@ def _plan(
     min_negative_distance_px: int,
     max_pairs_per_window: int | None,
     strip_rows: int | None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The kept windows of ``screen`` and the plan of their triplets."""
-    kept = screen[screen["unchanged"].astype(bool)].reset_index(drop=True)
+    negative_pool: NegativePool | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, tuple[PixelSource, pd.DataFrame] | None]:
+    """The kept windows of ``screen``, the plan of their triplets, and the negative pool's
+    source and kept windows (None: negatives from the same scene)."""
+    kept = _kept(screen)
+    pool, pool_masks = None, None
+    if negative_pool is not None:
+        pool_kept = _kept(negative_pool.screen)
+        if len(pool_kept) and len(kept) and pool_kept["size"].iloc[0] != kept["size"].iloc[0]:
+            raise ValueError(
+                f"the negative pool's windows are {pool_kept['size'].iloc[0]} px, this scene's "
+                f"{kept['size'].iloc[0]} px; screen both with the same window"
+            )
+        if len(pool_kept):
+            fractions = negative_pool.source.valid_fraction(int(pool_kept["size"].iloc[0]))
+            enough = fractions[:, pool_kept["row"], pool_kept["col"]] >= min_valid_fraction
+        else:
+            enough = np.zeros((len(negative_pool.source.dates), 0), dtype=bool)
+        pool = (negative_pool.source, pool_kept)
+        pool_masks = (enough, negative_pool.nearest_dates(source.dates))
     if kept.empty:
-        return kept, pd.DataFrame(columns=PLAN_COLUMNS, dtype=np.int64)
+        return kept, pd.DataFrame(columns=PLAN_COLUMNS, dtype=np.int64), pool
     fractions = source.valid_fraction(int(kept["size"].iloc[0]))
     plan = plan_triplets(
         kept,
@@ -290,8 +353,9 @@ def _plan(
         min_negative_distance_px,
         max_pairs_per_window,
         strip_rows,
+        pool_masks,
     )
-    return kept, plan
+    return kept, plan, pool
 
 
 def cut_triplets(
@@ -302,10 +366,11 @@ def cut_triplets(
     min_valid_fraction: float = 0.9,
     min_negative_distance_px: int = 64,
     max_pairs_per_window: int | None = None,
+    negative_pool: NegativePool | None = None,
 ) -> Triplets:
     """Every triplet the unchanged windows of ``screen`` allow, in memory (see the module doc)."""
     source = StackSource(stack, bands)
-    kept, plan = _plan(
+    kept, plan, pool = _plan(
         source,
         screen,
         seed,
@@ -313,10 +378,11 @@ def cut_triplets(
         min_negative_distance_px,
         max_pairs_per_window,
         None,
+        negative_pool,
     )
     if plan.empty:
         return _no_triplets(len(bands), int(screen["size"].iloc[0]) if len(screen) else 0)
-    return _cut(source, kept, plan, len(bands))
+    return _cut(source, kept, plan, len(bands), pool)
 
 
 def tile_to_store(
@@ -330,6 +396,7 @@ def tile_to_store(
     min_negative_distance_px: int = 64,
     max_pairs_per_window: int | None = None,
     strip_rows: int | None = None,
+    negative_pool: NegativePool | None = None,
 ) -> TilingResult:
     """Cut the triplets of ``screen``'s unchanged windows from ``source`` into the patch store.
 
@@ -337,12 +404,13 @@ def tile_to_store(
     strip k of ``strip_rows`` window rows becomes shard ``{shard_id}-{k:04d}``, written in a
     background thread while strip k+1 decodes, so memory follows the strip, not the scene.
     An empty plan still writes an empty shard (a valid, empty store for an all-cloudy region).
+    With ``negative_pool``, negatives come from another region's unchanged windows.
     """
     if strip_rows is not None and strip_rows < 1:
         raise ValueError(f"strip_rows must be at least 1 window row, got {strip_rows}")
     size = int(screen["size"].iloc[0]) if len(screen) else 0
     info = StoreInfo(tuple(bands), size)
-    kept, plan = _plan(
+    kept, plan, pool = _plan(
         source,
         screen,
         seed,
@@ -350,6 +418,7 @@ def tile_to_store(
         min_negative_distance_px,
         max_pairs_per_window,
         strip_rows,
+        negative_pool,
     )
     window_rows = kept["row"].to_numpy()[plan["window"].to_numpy()] if len(plan) else np.array([])
     strips = (window_rows // strip_rows).astype(int) if strip_rows else np.zeros(len(plan), int)
@@ -359,7 +428,7 @@ def tile_to_store(
         for k in np.unique(strips) if len(plan) else [0]:
             part = plan[strips == k]
             triplets = (
-                _cut(source, kept, part, len(bands))
+                _cut(source, kept, part, len(bands), pool)
                 if len(part)
                 else _no_triplets(len(bands), size)
             )

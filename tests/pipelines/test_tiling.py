@@ -22,6 +22,7 @@ from pipelines.cog_stack import CogScene, CogStack, CogStackError
 from pipelines.coregistration import Grid, read_asset
 from pipelines.tiling import (
     PATCH_COLUMNS,
+    NegativePool,
     StackSource,
     TilingResult,
     all_windows,
@@ -161,6 +162,33 @@ def test_the_patch_table_is_complete() -> None:
     assert np.allclose(p.maxx - p.minx, 320) and np.allclose(p.maxy - p.miny, 320)
     origin = stack.attrs["transform"]
     assert np.allclose(p.minx, origin[2] + p.window_col * 320)
+
+
+def test_negatives_from_another_region() -> None:
+    stack, screen, _ = _cut()
+    other = synthetic_stack(size=96, dates=2, changed=None, seed=7)
+    other.attrs["region"] = "elsewhere"
+    # The other region's dates: 2024-05-11 and 2024-05-16, nearest to 05-10 and 05-15 / 05-20.
+    other = other.assign_coords(time=other.time + np.timedelta64(1, "D"))
+    other_screen = screen_windows(other, window=32, threshold=1.5, min_valid_fraction=0.5)
+    pool = NegativePool(StackSource(other, BANDS), other_screen)
+    triplets = cut_triplets(
+        stack, screen, BANDS, seed=0, min_valid_fraction=0.5, negative_pool=pool
+    )
+    p = triplets.patches
+    assert (
+        len(p) > 0 and (p.negative_region == "elsewhere").all() and (p.region == "synthetic").all()
+    )
+    nearest = {"2024-05-10": "2024-05-11", "2024-05-15": "2024-05-16", "2024-05-20": "2024-05-16"}
+    assert (p.negative_date == p.anchor_date.map(nearest)).all()
+    kept = set(map(tuple, other_screen.loc[other_screen.unchanged, ["row", "col"]].to_numpy()))
+    assert set(map(tuple, p[["negative_row", "negative_col"]].to_numpy())) <= kept
+    # The negative is the other region's pixels at that window and date.
+    first = p.iloc[0]
+    date = list(pool.source.dates).index(first.negative_date)
+    y, x = first.negative_row * 32, first.negative_col * 32
+    expected = other.reflectance.values[date, :, y : y + 32, x : x + 32]
+    np.testing.assert_array_equal(triplets.negative[0], expected)
 
 
 # --- into the patch store ---------------------------------------------------------------------
