@@ -4,7 +4,9 @@ float32 on CPU, B=8, Cin=Cout=64, 64 x 64, k=3 and k=5, all measured in one run.
 and writes ``benchmarks/results/pac2d.json``.
 
 Time: the median of ``--repeats`` forward+backward passes after ``--warmup`` passes; the three
-methods take turns within each repeat so that a load change on the machine hits them alike.
+methods take turns within each repeat so that a load change on the machine hits them alike. The
+fastest and slowest pass and the load average before and after the run are recorded too: on a
+shared machine they say how far to trust the medians.
 
 Peak extra memory: torch's CPU allocator keeps no statistics, so each (method, k) runs in a
 fresh subprocess that builds its inputs, does one warm-up pass, drops the gradients, then resets
@@ -97,16 +99,18 @@ def measure_memory_here(method: str, k: int) -> int:
     return (_status_kib("VmHWM") - before) * 1024
 
 
-def measure_memory(method: str, k: int) -> int:
+def measure_memory(method: str, k: int, threads: int | None) -> int:
     """``measure_memory_here`` in a subprocess with malloc pinned to mmap."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     command = [sys.executable, __file__, "--memory-of", method, str(k)]
+    if threads:
+        command += ["--threads", str(threads)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return int(done.stdout.strip().splitlines()[-1])
 
 
-def measure_times(k: int, warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds of a forward+backward pass per method, the methods taking turns."""
+def measure_times(k: int, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds of each measured forward+backward pass per method, the methods taking turns."""
     runs = {method: make_pass(method, k)[0] for method in METHODS}
     times: dict[str, list[float]] = {method: [] for method in METHODS}
     for i in range(warmup + repeats):
@@ -115,26 +119,32 @@ def measure_times(k: int, warmup: int, repeats: int) -> dict[str, float]:
             run()
             if i >= warmup:
                 times[method].append(time.perf_counter() - start)
-    return {method: statistics.median(values) for method, values in times.items()}
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--threads", type=int, help="torch's intra-op threads (default: torch's)")
     parser.add_argument("--memory-of", nargs=2, metavar=("METHOD", "K"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_of:
         print(measure_memory_here(args.memory_of[0], int(args.memory_of[1])))
         return
 
+    load_before = os.getloadavg()[0]
     results = {}
     for k in KERNELS:
         seconds = measure_times(k, args.warmup, args.repeats)
         entry = {
             method: {
-                "time_ms": round(seconds[method] * 1e3, 1),
-                "extra_mem_mb": round(measure_memory(method, k) / 2**20, 1),
+                "time_ms": round(statistics.median(seconds[method]) * 1e3, 1),
+                "time_ms_min": round(min(seconds[method]) * 1e3, 1),
+                "time_ms_max": round(max(seconds[method]) * 1e3, 1),
+                "extra_mem_mb": round(measure_memory(method, k, args.threads) / 2**20, 1),
             }
             for method in METHODS
         }
@@ -155,7 +165,8 @@ def main() -> None:
         "shape": {"batch": B, "cin": C, "cout": C, "height": H, "width": W},
         "warmup": args.warmup,
         "repeats": args.repeats,
-        "time": "median wall time of one forward+backward pass",
+        "time": "median wall time of one forward+backward pass (min and max beside it)",
+        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
         "memory": "peak RSS added by one pass, fresh process per measurement (VmHWM - VmRSS)",
         "results": results,
         "targets_k5": {
@@ -168,16 +179,20 @@ def main() -> None:
         f"pac2d fwd+bwd, float32 CPU ({torch.get_num_threads()} threads), "
         f"B={B} C={C} {H}x{W}, median of {args.repeats}"
     )
-    print(f"{'k':>2} {'method':<8} {'time ms':>9} {'extra MB':>9}")
+    print(f"{'k':>2} {'method':<8} {'time ms':>9} {'min':>9} {'max':>9} {'extra MB':>9}")
     for k in KERNELS:
         for method in METHODS:
             row = results[f"k{k}"][method]
-            print(f"{k:>2} {method:<8} {row['time_ms']:>9.1f} {row['extra_mem_mb']:>9.1f}")
+            cells = [row[key] for key in ("time_ms", "time_ms_min", "time_ms_max", "extra_mem_mb")]
+            print(f"{k:>2} {method:<8}", *(f"{cell:>9.1f}" for cell in cells))
         ratios = ", ".join(f"{name} {value}" for name, value in results[f"k{k}"]["ratios"].items())
         print(f"   ratios: {ratios}")
     print("targets at k=5:", report["targets_k5"])
+    print("load average (1 min) before and after:", report["load_average_1min"])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "pac2d.json").write_text(json.dumps(report, indent=2) + "\n")
+    partial = RESULTS / "pac2d.json.partial"
+    partial.write_text(json.dumps(report, indent=2) + "\n")
+    partial.replace(RESULTS / "pac2d.json")
 
 
 if __name__ == "__main__":

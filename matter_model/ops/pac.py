@@ -1,31 +1,43 @@
 """Pixel-adaptive convolution (PAC) without the unfolded (B, Cin*k*k, H*W) tensor.
 
-``pac2d`` works in a channels-first layout, ``(C, B*H*W)``, where a channel mix over all pixels
-is one matrix product. The k*k neighbour offsets are processed in chunks of ``n`` offsets, ``n``
-set so that a chunk's buffers stay under ``CHUNK_BYTES``:
+``pac2d`` works tile by tile: a band of rows of one sample, sized so that a tile's buffer of
+``C*k*k`` values per pixel stays within ``TILE_BYTES`` (on CPU, within the cache, so that the
+elementwise passes do not stream through memory). With ``s_j`` the shift
+of neighbour offset ``j``, ``flip(j)`` the opposite offset (``s_flip(j) = -s_j``) and ``W`` the
+weight as a ``(Cout, Cin*k*k)`` matrix, per tile of pixels ``p``:
 
-* forward: ``scaled[j] = kernel[:, i] * shift_i(x)`` for the chunk's offsets (a ``(n*Cin, BHW)``
-  buffer), then one GEMM ``out += W[:, :, chunk] @ scaled``;
-* backward: the same ``scaled`` buffer gives ``grad_weight[:, :, chunk] = grad_out @ scaled.T``
-  (one GEMM); one transposed GEMM ``mixed = W[:, :, chunk].T @ grad_out`` gives both
-  ``grad_kernel[:, i] = sum_c mixed[j] * shift_i(x)`` and ``grad_x += unshift_i(kernel[:, i] *
-  mixed[j])``, because the adaptive kernel is a per-pixel scalar that commutes with the channel
-  mix.
+* forward: ``scaled[c, j, p] = kernel[j, p] * x[c, p + s_j]``, one multiply of the adaptive
+  kernel with an overlapping strided view of the padded input (the windows are never copied),
+  then one GEMM ``out[:, p] = W @ scaled + bias`` written straight into the output;
+* backward: ``gathered[o, j, q] = kernel[flip(j), q + s_j] * grad_out[o, q + s_j]``, again one
+  multiply of overlapping views (of the padded gradient and the padded, offset-flipped kernel),
+  is the adjoint's input at input pixel ``q``: ``grad_x[:, q] = W_flipped @ gathered`` (the
+  adjoint of a PAC is a PAC with the flipped weight: a gather, no scatter-add over overlapping
+  windows) and ``grad_weight_flipped += gathered @ x[:, q].T``; ``mixed = W.T @ grad_out`` gives
+  ``grad_kernel[j, p] = sum_c mixed[c, j, p] * x[c, p + s_j]``.
 
-So forward and backward cost the three GEMMs of a dense convolution plus a few elementwise passes
-per offset, and the largest temporaries are two chunk buffers: nothing of size Cin*k*k*B*H*W.
-The ops are plain torch ops, so the same code runs on CPU and CUDA.
+So a forward and backward pass cost four GEMMs the size of a dense convolution's (which needs
+three: the fourth, for ``grad_kernel``, is the price of the adaptive kernel) plus three
+multiplies and a sum over cache-resident tiles; the largest temporaries are the tile buffers and
+x-sized padded copies, nothing of size C*k*k*B*H*W. The ops are plain torch ops, so the same
+code runs on CPU and CUDA (where a tile is a whole sample: there, bigger GEMMs beat locality).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import FunctionCtx
 
-# Upper bound on one chunk buffer, (offsets in the chunk) * Cin * B*H*W elements. Small chunks
-# stay closer to the cache; on 2 CPU cores 8-16 MiB was fastest at B=8, C=64, 64x64.
-CHUNK_BYTES = 16 * 2**20
+# Upper bound on one tile buffer (C*k*k values a pixel), by device type. On CPU, 32 MiB is one
+# whole 64 x 64 sample at C=64, k=5: it stays in L3, and few big ops beat L2-sized tiles on a
+# shared 2-core machine, where every op's thread barrier waits for a descheduled peer (one
+# thread, 2 MiB tiles do ~20% less work, but with two threads under load they took 2-5x longer).
+# On CUDA bigger GEMMs matter more than locality.
+TILE_BYTES = {"cpu": 32 * 2**20}
+DEVICE_TILE_BYTES = 256 * 2**20
 
 
 def _offsets(k: int, dilation: int, height: int, width: int):
@@ -49,24 +61,47 @@ def neighbour_views(x: torch.Tensor, k: int, dilation: int = 1) -> list[torch.Te
     return [x_pad[..., rows, cols] for _, rows, cols in _offsets(k, dilation, height, width)]
 
 
-def _chunks(k: int, dilation: int, x: torch.Tensor):
-    """Yield lists of consecutive offsets (index, rows, cols), each within ``CHUNK_BYTES``."""
-    b, c, h, w = x.shape
-    per_offset = c * b * h * w * x.element_size()
-    size = max(1, min(k * k, CHUNK_BYTES // max(per_offset, 1)))
-    offsets = list(_offsets(k, dilation, h, w))
-    for start in range(0, len(offsets), size):
-        yield offsets[start : start + size]
+def _row_bands(height: int, width: int, bytes_per_pixel: int, device: torch.device):
+    """Yield (first row, row count) of the tiles of one sample, each within the tile budget."""
+    budget = TILE_BYTES.get(device.type, DEVICE_TILE_BYTES)
+    rows = max(1, min(height, budget // max(bytes_per_pixel * width, 1)))
+    for start in range(0, height, rows):
+        yield start, min(rows, height - start)
 
 
-def _scaled_shifts(
-    x_pad_t: torch.Tensor, kernel_t: torch.Tensor, chunk: list, buffer: torch.Tensor
+def _windows(
+    padded: torch.Tensor, sample: int, row: int, rows: int, k: int, dilation: int, width: int
 ) -> torch.Tensor:
-    """``buffer[j] = kernel[:, i] * shift_i(x)`` for the chunk's offsets, as (n*Cin, B*H*W)."""
-    scaled = buffer[: len(chunk)]
-    for j, (i, rows, cols) in enumerate(chunk):
-        torch.mul(x_pad_t[..., rows, cols], kernel_t[i], out=scaled[j])
-    return scaled.view(len(chunk) * scaled.shape[1], -1)
+    """(C, k, k, rows, width) view: ``[c, dy, dx, y, x] = padded[sample, c, row + y + dy*dilation,
+    x + dx*dilation]``, the k x k neighbours of every pixel of a tile, overlapping in memory."""
+    stride_b, stride_c, stride_h, stride_w = padded.stride()
+    return padded.as_strided(
+        (padded.shape[1], k, k, rows, width),
+        (stride_c, dilation * stride_h, dilation * stride_w, stride_h, stride_w),
+        padded.storage_offset() + sample * stride_b + row * stride_h,
+    )
+
+
+def _flipped_kernel_windows(
+    kernel_pad: torch.Tensor, sample: int, row: int, rows: int, k: int, dilation: int, width: int
+) -> torch.Tensor:
+    """(1, k, k, rows, width) view of the padded (B, k*k, Hp, Wp) flipped kernel:
+    ``[0, dy, dx, y, x] = kernel_pad[sample, dy*k + dx, row + y + dy*dilation, x + dx*dilation]``,
+    offset ``j``'s channel read at offset ``j``'s shift."""
+    stride_b, stride_j, stride_h, stride_w = kernel_pad.stride()
+    return kernel_pad.as_strided(
+        (1, k, k, rows, width),
+        (0, k * stride_j + dilation * stride_h, stride_j + dilation * stride_w, stride_h, stride_w),
+        kernel_pad.storage_offset() + sample * stride_b + row * stride_h,
+    )
+
+
+def _tiles(x: torch.Tensor, values_per_pixel: int) -> Iterator[tuple[int, int, int]]:
+    """Yield (sample, first row, row count) over the batch, tiles sized for the device."""
+    b, _, h, w = x.shape
+    for sample in range(b):
+        for row, rows in _row_bands(h, w, values_per_pixel * x.element_size(), x.device):
+            yield sample, row, rows
 
 
 class _PAC2d(torch.autograd.Function):
@@ -83,21 +118,25 @@ class _PAC2d(torch.autograd.Function):
         b, cin, h, w = x.shape
         cout, k = weight.shape[0], weight.shape[-1]
         pad = (k // 2) * dilation
-        x_pad_t = F.pad(x, (pad, pad, pad, pad)).transpose(0, 1).contiguous()  # (Cin, B, Hp, Wp)
-        kernel_t = kernel.transpose(0, 1)  # (k*k, B, H, W)
-        w_rows = weight.permute(0, 2, 3, 1).reshape(cout, k * k * cin)  # offset-major columns
-        out_t = x.new_zeros(cout, b * h * w)
-        buffer = None
-        for chunk in _chunks(k, dilation, x):
-            if buffer is None:
-                buffer = x.new_empty(len(chunk), cin, b, h, w)
-            scaled = _scaled_shifts(x_pad_t, kernel_t, chunk, buffer)
-            first = chunk[0][0]
-            out_t.addmm_(w_rows[:, first * cin : (first + len(chunk)) * cin], scaled)
-        out = out_t.view(cout, b, h, w).transpose(0, 1).contiguous()
-        if bias is not None:
-            out += bias.view(1, -1, 1, 1)
-        ctx.save_for_backward(x, kernel, weight)
+        x = x.contiguous()
+        x_pad = F.pad(x, (pad, pad, pad, pad))
+        kernel = kernel.contiguous()
+        kernel_tiles = kernel.view(b, 1, k, k, h, w)
+        w_mat = weight.reshape(cout, cin * k * k)
+        out = x.new_empty(b, cout, h, w)
+        scaled = None
+        for sample, row, rows in _tiles(x, cin * k * k):
+            if scaled is None or scaled.shape[3] != rows:
+                scaled = x.new_empty(cin, k, k, rows, w)
+            window = _windows(x_pad, sample, row, rows, k, dilation, w)
+            torch.mul(window, kernel_tiles[sample, ..., row : row + rows, :], out=scaled)
+            out_tile = out[sample, :, row : row + rows].view(cout, rows * w)
+            columns = scaled.view(cin * k * k, rows * w)
+            if bias is None:
+                torch.mm(w_mat, columns, out=out_tile)
+            else:
+                torch.addmm(bias.view(cout, 1), w_mat, columns, out=out_tile)
+        ctx.save_for_backward(x, x_pad, kernel, weight)
         ctx.has_bias = bias is not None
         ctx.dilation = dilation
         return out
@@ -105,47 +144,56 @@ class _PAC2d(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: FunctionCtx, grad_out: torch.Tensor):
-        x, kernel, weight = ctx.saved_tensors
+        x, x_pad, kernel, weight = ctx.saved_tensors
         dilation = ctx.dilation
         need_x, need_kernel, need_weight, need_bias, _ = ctx.needs_input_grad
-        b, cin, h, w = x.shape
-        cout, k = weight.shape[0], weight.shape[-1]
+        b, cout, h, w = grad_out.shape
+        cin, k = weight.shape[1], weight.shape[-1]
         pad = (k // 2) * dilation
-        x_pad_t = F.pad(x, (pad, pad, pad, pad)).transpose(0, 1).contiguous()
-        kernel_t = kernel.transpose(0, 1)
-        w_rows = weight.permute(0, 2, 3, 1).reshape(cout, k * k * cin)
-        # contiguous: a reshape of an expanded gradient (e.g. of ``out.sum()``) is a stride-0
-        # view, which every GEMM below would otherwise copy again.
-        grad_t = grad_out.transpose(0, 1).reshape(cout, b * h * w).contiguous()
-        grad_x_pad_t = torch.zeros_like(x_pad_t) if need_x else None
-        grad_kernel_t = kernel.new_empty(k * k, b, h, w) if need_kernel else None
-        grad_w_rows = torch.empty_like(w_rows) if need_weight else None
-        scaled_buffer = mixed_buffer = None
-        for chunk in _chunks(k, dilation, x):
-            n, first = len(chunk), chunk[0][0]
-            columns = slice(first * cin, (first + n) * cin)
-            if need_weight:
-                if scaled_buffer is None:
-                    scaled_buffer = x.new_empty(n, cin, b, h, w)
-                scaled = _scaled_shifts(x_pad_t, kernel_t, chunk, scaled_buffer)
-                grad_w_rows[:, columns] = grad_t @ scaled.T
-            if need_x or need_kernel:
-                if mixed_buffer is None:
-                    mixed_buffer = x.new_empty(n, cin, b, h, w)
-                mixed = mixed_buffer[:n]
-                torch.mm(w_rows[:, columns].T, grad_t, out=mixed.view(n * cin, -1))
-                for j, (i, rows, cols) in enumerate(chunk):
-                    if need_x:
-                        grad_x_pad_t[..., rows, cols].addcmul_(mixed[j], kernel_t[i])
-                    if need_kernel:
-                        torch.sum(mixed[j].mul_(x_pad_t[..., rows, cols]), 0, out=grad_kernel_t[i])
-        grad_x = None
+        # contiguous: a gradient like that of ``out.sum()`` is a stride-0 view, no GEMM operand.
+        grad_out = grad_out.contiguous()
+        grad_x = grad_kernel = grad_flipped_w = None
+        if need_x or need_weight:
+            grad_pad = F.pad(grad_out, (pad, pad, pad, pad))
+            flipped_kernel_pad = F.pad(kernel.flip(1), (pad, pad, pad, pad))
         if need_x:
-            grad_x = grad_x_pad_t[..., pad : pad + h, pad : pad + w].transpose(0, 1).contiguous()
-        grad_kernel = grad_kernel_t.transpose(0, 1).contiguous() if need_kernel else None
+            grad_x = x.new_empty(b, cin, h, w)
+            flipped_w_mat = weight.flip(2, 3).transpose(0, 1).reshape(cin, cout * k * k)
+        if need_weight:
+            grad_flipped_w = x.new_zeros(cout * k * k, cin)
+        if need_kernel:
+            grad_kernel = kernel.new_empty(b, k * k, h, w)
+            w_mat_t = weight.reshape(cout, cin * k * k).T
+        gathered = mixed = None
+        for sample, row, rows in _tiles(grad_out, max(cin, cout) * k * k):
+            if gathered is None or gathered.shape[3] != rows:
+                gathered = x.new_empty(cout, k, k, rows, w)
+                mixed = x.new_empty(cin, k, k, rows, w)
+            pixels = slice(row, row + rows)
+            if need_x or need_weight:
+                # gathered[o, j, q] = kernel[flip(j), q + s_j] * grad_out[o, q + s_j]
+                torch.mul(
+                    _windows(grad_pad, sample, row, rows, k, dilation, w),
+                    _flipped_kernel_windows(flipped_kernel_pad, sample, row, rows, k, dilation, w),
+                    out=gathered,
+                )
+                gathered_mat = gathered.view(cout * k * k, rows * w)
+            if need_x:
+                grad_x_tile = grad_x[sample, :, pixels].view(cin, rows * w)
+                torch.mm(flipped_w_mat, gathered_mat, out=grad_x_tile)
+            if need_weight:
+                x_tile = x[sample, :, pixels].view(cin, rows * w)
+                grad_flipped_w.addmm_(gathered_mat, x_tile.T)
+            if need_kernel:
+                grad_tile = grad_out[sample, :, pixels].view(cout, rows * w)
+                torch.mm(w_mat_t, grad_tile, out=mixed.view(cin * k * k, rows * w))
+                window = _windows(x_pad, sample, row, rows, k, dilation, w)
+                grad_kernel_tile = grad_kernel[sample, :, pixels].view(k, k, rows, w)
+                torch.sum(mixed.mul_(window), 0, out=grad_kernel_tile)
         grad_weight = None
         if need_weight:
-            grad_weight = grad_w_rows.view(cout, k, k, cin).permute(0, 3, 1, 2).contiguous()
+            flipped = grad_flipped_w.view(cout, k, k, cin)
+            grad_weight = flipped.flip(1, 2).permute(0, 3, 1, 2).contiguous()
         grad_bias = grad_out.sum((0, 2, 3)) if (ctx.has_bias and need_bias) else None
         return grad_x, grad_kernel, grad_weight, grad_bias, None
 

@@ -52,6 +52,22 @@ def test_pac_without_bias_and_partial_grads():
     torch.testing.assert_close(gk, rk, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("frozen", ["x", "kernel", "weight"])
+def test_pac_gradients_when_one_input_is_frozen(frozen):
+    """The backward skips the gradients nobody asked for and still gets the others right."""
+    names = ("x", "kernel", "weight", "bias")
+    inputs = make_inputs(5)
+    inputs[names.index(frozen)] = inputs[names.index(frozen)].detach()
+    wanted = [t for t in inputs if t.requires_grad]
+    out = pac2d(*inputs, dilation=2)
+    ref = reference_pac(*inputs, 2)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, wanted, grad)
+    want = torch.autograd.grad(ref, wanted, grad)
+    for g, r in zip(got, want, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("k,dilation", [(3, 1), (3, 2), (5, 1)])
 def test_pac_gradcheck_float64(k, dilation):
     inputs = make_inputs(k, dtype=torch.float64, b=1, cin=2, cout=2, h=5, w=4)
@@ -76,17 +92,20 @@ def test_neighbour_views_are_shifts():
     assert top_left[0, 0, 0, 0] == 0
 
 
-@pytest.mark.parametrize("chunk_offsets", [1, 4])
-def test_pac_in_chunks_of_offsets_matches_reference(monkeypatch, chunk_offsets):
-    """Chunks of 1 and of 4 offsets (25 = 6*4 + 1: a short last chunk) give the same result."""
+@pytest.mark.parametrize("rows_per_tile", [1, 2, 7])
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_pac_in_tiles_of_rows_matches_reference(monkeypatch, rows_per_tile, dilation):
+    """Tiles of 1, 2 (7 = 3*2 + 1: a short last band) and all 7 rows give the same result."""
     import matter_model.ops.pac as pac_module
 
-    inputs = make_inputs(5)
+    inputs = make_inputs(5, cin=3, cout=4, h=7, w=6)
     x = inputs[0]
-    monkeypatch.setattr(pac_module, "CHUNK_BYTES", chunk_offsets * x[:, :1].numel() * 3 * 4)
-    assert [len(c) for c in pac_module._chunks(5, 1, x)][0] == chunk_offsets
-    out = pac2d(*inputs)
-    ref = reference_pac(*inputs, 1)
+    # the backward's tiles hold max(Cin, Cout) * k*k values a pixel, the forward's Cin * k*k
+    monkeypatch.setitem(pac_module.TILE_BYTES, "cpu", rows_per_tile * 6 * 4 * 25 * 4)
+    bands = list(pac_module._row_bands(7, 6, 4 * 25 * 4, x.device))
+    assert bands[0] == (0, rows_per_tile) and sum(rows for _, rows in bands) == 7
+    out = pac2d(*inputs, dilation=dilation)
+    ref = reference_pac(*inputs, dilation)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(out)
     for got, want in zip(
