@@ -327,7 +327,8 @@ def _sample_slices(
     pair_counts: np.ndarray, t: int, reference: int, grid: Grid, chunk_px: int, sample_px: int
 ) -> tuple[slice, slice]:
     """Where to measure date ``t``'s shift: the whole grid when it fits in ``sample_px``, else
-    the square of blocks (about ``sample_px`` wide) with most pixels valid on both dates."""
+    the square of blocks (at most ``sample_px`` wide, or the corner of one block larger than
+    that) with most pixels valid on both dates."""
     if grid.height <= sample_px and grid.width <= sample_px:
         return slice(None), slice(None)
     k = max(1, sample_px // chunk_px)
@@ -336,8 +337,8 @@ def _sample_slices(
     sums = np.lib.stride_tricks.sliding_window_view(counts, (ky, kx)).sum(axis=(2, 3))
     by, bx = np.unravel_index(np.argmax(sums), sums.shape)
     return (
-        slice(by * chunk_px, (by + ky) * chunk_px),
-        slice(bx * chunk_px, (bx + kx) * chunk_px),
+        slice(by * chunk_px, by * chunk_px + min(ky * chunk_px, sample_px)),
+        slice(bx * chunk_px, bx * chunk_px + min(kx * chunk_px, sample_px)),
     )
 
 
