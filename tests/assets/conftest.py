@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.assets.demo_chain import run_in, rustac_processes, tiny_config
+from tests.assets.demo_chain import run_in, rustac_servers, tiny_config
 
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     tmp = tmp_path_factory.mktemp("e2e")
     config = tiny_config(tmp)
-    before = rustac_processes()
     result = run_in([sys.executable, "-m", "assets.demo"], config, tmp)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert rustac_processes() == before, "the STAC server outlived the run"
+    assert not rustac_servers(tmp), "the STAC server outlived the run"
     return tmp, config, result.stdout

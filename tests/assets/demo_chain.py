@@ -53,9 +53,10 @@ def run_in(args: list[str], config: Path, tmp: Path) -> subprocess.CompletedProc
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
-def rustac_processes() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "rustac serve" in line]
+def rustac_servers(serving: Path) -> list[str]:
+    """Command lines of the `rustac serve` processes serving files under ``serving``."""
+    out = subprocess.run(["ps", "-eww", "-o", "args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "rustac serve" in line and str(serving) in line]
 
 
 def graphql(url: str, query: str) -> dict:
