@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -380,9 +380,3 @@ def _starts(length: int, size: int) -> list[int]:
     if starts[-1] + size < length:
         starts.append(length - size)
     return starts
-
-
-def iter_tile_ids(dataset: SpaceNetTiles) -> Iterator[str]:
-    """Readable ids ``<chip id>@<row>,<col>`` of the dataset's tiles, in index order."""
-    for chip, row, col in dataset.tiles:
-        yield f"{dataset.chips[chip].chip_id}@{row},{col}"
