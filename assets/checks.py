@@ -40,12 +40,17 @@ warnings.filterwarnings("ignore", message="Specifying a partitions_def on an Ass
 PATCH_BLOCK = 256
 
 
+def partition_check(asset: dg.AssetsDefinition):
+    """Decorate a blocking check of one region x window partition of ``asset``."""
+    return dg.asset_check(asset=asset, blocking=True, partitions_def=REGION_WINDOWS)
+
+
 def setting(name: str):
     """A check threshold: the configuration's ``checks.<name>``, else the default."""
     return CONFIG.checks.get(name, DEFAULTS[name])
 
 
-@dg.asset_check(asset=coregistered_stack, blocking=True, partitions_def=REGION_WINDOWS)
+@partition_check(coregistered_stack)
 def cloud_free_fraction(
     context: dg.AssetCheckExecutionContext, store: DataStore
 ) -> dg.AssetCheckResult:
@@ -96,7 +101,7 @@ def residual_shifts(stack, band: str = "B08") -> dict[str, float | None]:
     return residuals
 
 
-@dg.asset_check(asset=coregistered_stack, blocking=True, partitions_def=REGION_WINDOWS)
+@partition_check(coregistered_stack)
 def coregistration_residual(
     context: dg.AssetCheckExecutionContext, store: DataStore
 ) -> dg.AssetCheckResult:
@@ -122,7 +127,7 @@ def coregistration_residual(
     )
 
 
-@dg.asset_check(asset=change_screen, blocking=True, partitions_def=REGION_WINDOWS)
+@partition_check(change_screen)
 def unchanged_share(
     context: dg.AssetCheckExecutionContext, store: DataStore
 ) -> dg.AssetCheckResult:
@@ -178,7 +183,7 @@ def bad_patches(group: zarr.Group) -> dict[str, dict[str, int]]:
     return counts
 
 
-@dg.asset_check(asset=patch_triplets, blocking=True, partitions_def=REGION_WINDOWS)
+@partition_check(patch_triplets)
 def patches_finite_and_not_empty(
     context: dg.AssetCheckExecutionContext, store: DataStore
 ) -> dg.AssetCheckResult:
@@ -228,7 +233,7 @@ def predicted_triplets(
     return total
 
 
-@dg.asset_check(asset=patch_triplets, blocking=True, partitions_def=REGION_WINDOWS)
+@partition_check(patch_triplets)
 def patch_count_matches_windows(
     context: dg.AssetCheckExecutionContext, store: DataStore
 ) -> dg.AssetCheckResult:
