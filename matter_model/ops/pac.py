@@ -8,7 +8,7 @@ weight as a ``(Cout, Cin*k*k)`` matrix, per tile of pixels ``p``:
 
 * forward: ``scaled[c, j, p] = kernel[j, p] * x[c, p + s_j]``, one multiply of the adaptive
   kernel with an overlapping strided view of the padded input (the windows are never copied),
-  then one GEMM ``out[:, p] = W @ scaled + bias`` written straight into the output;
+  then one GEMM ``out[:, p] = W @ scaled`` written straight into the output;
 * backward: ``gathered[o, j, q] = kernel[flip(j), q + s_j] * grad_out[o, q + s_j]``, again one
   multiply of overlapping views (of the padded gradient and the padded, offset-flipped kernel),
   is the adjoint's input at input pixel ``q``: ``grad_x[:, q] = W_flipped @ gathered`` (the
@@ -36,7 +36,7 @@ from torch.autograd.function import FunctionCtx
 # shared 2-core machine, where every op's thread barrier waits for a descheduled peer (one
 # thread, 2 MiB tiles do ~20% less work, but with two threads under load they took 2-5x longer).
 # On CUDA bigger GEMMs matter more than locality.
-TILE_BYTES = {"cpu": 32 * 2**20}
+TILE_BYTES = {"cpu": 2 * 2**20}
 DEVICE_TILE_BYTES = 256 * 2**20
 
 
@@ -131,11 +131,9 @@ class _PAC2d(torch.autograd.Function):
             window = _windows(x_pad, sample, row, rows, k, dilation, w)
             torch.mul(window, kernel_tiles[sample, ..., row : row + rows, :], out=scaled)
             out_tile = out[sample, :, row : row + rows].view(cout, rows * w)
-            columns = scaled.view(cin * k * k, rows * w)
-            if bias is None:
-                torch.mm(w_mat, columns, out=out_tile)
-            else:
-                torch.addmm(bias.view(cout, 1), w_mat, columns, out=out_tile)
+            torch.mm(w_mat, scaled.view(cin * k * k, rows * w), out=out_tile)
+        if bias is not None:
+            out += bias.view(1, cout, 1, 1)
         ctx.save_for_backward(x, x_pad, kernel, weight)
         ctx.has_bias = bias is not None
         ctx.dilation = dilation
