@@ -173,13 +173,14 @@ def test_deployment_dagster_yaml_loads_with_postgres_and_a_queued_coordinator() 
     assert config["compute_logs"]["class"] == "LocalComputeLogManager"
 
 
-def test_a_missing_database_password_fails_at_start_naming_the_setting(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("setting", ["DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST", "DAGSTER_PG_DB"])
+def test_a_missing_setting_fails_at_start_naming_it(
+    setting: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shutil.copy(DOCKER / "dagster.yaml", tmp_path / "dagster.yaml")
     for key, value in DEPLOY_ENV.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("DAGSTER_COMPUTE_LOG_DIR", str(tmp_path / "logs"))
-    monkeypatch.delenv("DAGSTER_PG_PASSWORD")
-    with pytest.raises(DagsterInvalidConfigError, match="DAGSTER_PG_PASSWORD"):
+    monkeypatch.delenv(setting)
+    with pytest.raises(DagsterInvalidConfigError, match=setting):
         DagsterInstance.from_config(str(tmp_path))
