@@ -31,11 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import FunctionCtx
 
-# Upper bound on one tile buffer (C*k*k values a pixel), by device type. On CPU, 32 MiB is one
-# whole 64 x 64 sample at C=64, k=5: it stays in L3, and few big ops beat L2-sized tiles on a
-# shared 2-core machine, where every op's thread barrier waits for a descheduled peer (one
-# thread, 2 MiB tiles do ~20% less work, but with two threads under load they took 2-5x longer).
-# On CUDA bigger GEMMs matter more than locality.
+# Upper bound on one tile buffer (C*k*k values a pixel), by device type. On CPU about the L2
+# cache (2 MiB a core here), so that the elementwise passes run from cache: with one thread at
+# B=8, C=64, 64 x 64, k=5 a pass took ~20% less time than with whole-sample (32 MiB) tiles. (With
+# two threads on a loaded, shared machine fewer and bigger ops win instead: every op waits at a
+# thread barrier for a descheduled peer; see ``benchmarks/pac2d.py``.) On CUDA bigger GEMMs
+# matter more than locality: a tile is a whole sample.
 TILE_BYTES = {"cpu": 2 * 2**20}
 DEVICE_TILE_BYTES = 256 * 2**20
 
