@@ -18,6 +18,8 @@ from dagster_k8s import PipesK8sClient
 from assets.config import ConfigError
 
 LAUNCHERS = ("subprocess", "kubernetes")
+# Keys of ``training.kubernetes`` that configure the client's cluster access, not the pod.
+CLIENT_KEYS = frozenset({"load_incluster_config", "kubeconfig_file", "poll_interval_s"})
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # The training image's working directory: `matter_model/` lies under it (docker/Dockerfile.train).
 IMAGE_WORKDIR = "/opt/matter"
@@ -45,7 +47,8 @@ class TrainingPod:
         unknown = sorted(set(kubernetes) - known)
         if unknown:
             raise ConfigError(
-                f"training.kubernetes: unknown keys {unknown}; valid keys are {sorted(known)}"
+                f"training.kubernetes: unknown keys {unknown}; "
+                f"valid keys are {sorted(known | CLIENT_KEYS)}"
             )
         for key in ("image", "data_volume_claim"):
             if not kubernetes.get(key):
@@ -122,11 +125,7 @@ def pipes_client(training: Mapping[str, Any], data_root: Path) -> dg.PipesClient
 
 def training_pod(training: Mapping[str, Any], data_root: Path) -> TrainingPod:
     """The pod of ``training.kubernetes``; cluster-access keys belong to the client, not the pod."""
-    pod_keys = {
-        k: v
-        for k, v in (training.get("kubernetes") or {}).items()
-        if k not in ("load_incluster_config", "kubeconfig_file", "poll_interval_s")
-    }
+    pod_keys = {k: v for k, v in (training.get("kubernetes") or {}).items() if k not in CLIENT_KEYS}
     return TrainingPod.from_config(pod_keys, str(data_root))
 
 
