@@ -146,7 +146,7 @@ def run_ours(folder: Path, dates: int, store: Path) -> dict:
             min_valid_fraction=0.5,
             min_negative_distance_px=2 * PATCH,
             max_pairs_per_window=1,
-            strip_rows=2,
+            strip_rows=1,
         )
     return usage(start, cpu_start, 3 * result.triplets)
 

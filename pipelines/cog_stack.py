@@ -205,6 +205,7 @@ class CogStack:
         self.grid = grid or finest_grid(scenes[0].bands[b] for b in self.bands)
         self._bands: list[list[_Source]] = []
         self._scl: list[_Source] = []
+        self._env: rasterio.Env | None = None
 
     def __enter__(self) -> CogStack:
         try:
@@ -216,6 +217,8 @@ class CogStack:
         except BaseException:
             self.close()
             raise
+        self._env = rasterio.Env(GDAL_CACHEMAX=self._block_cache_bytes())
+        self._env.__enter__()
         return self
 
     def __exit__(
@@ -227,10 +230,24 @@ class CogStack:
         self.close()
 
     def close(self) -> None:
-        """Close every file this stack opened."""
+        """Close every file this stack opened and restore GDAL's block cache size."""
         for source in [s for date in self._bands for s in date] + self._scl:
             source.dataset.close()
         self._bands, self._scl = [], []
+        if self._env is not None:
+            self._env.__exit__()
+            self._env = None
+
+    def _block_cache_bytes(self) -> int:
+        """GDAL's block cache for this stack: one row of blocks of every open file (what the
+        next strip reuses), plus a margin; bounded, so that memory does not grow with the
+        whole scene's decoded size as the default cache (5% of RAM) lets it."""
+        rows = 0
+        for source in [s for date in self._bands for s in date] + self._scl:
+            dataset = source.dataset
+            itemsize = np.dtype(dataset.dtypes[0]).itemsize
+            rows += dataset.block_shapes[0][0] * dataset.width * itemsize
+        return int(rows * 1.25) + 64 * 2**20
 
     def _require_open(self) -> None:
         if not self._scl:

@@ -403,6 +403,8 @@ def tile_to_store(
     Without ``strip_rows`` the whole scene is one strip and one shard named ``shard_id``; with it,
     strip k of ``strip_rows`` window rows becomes shard ``{shard_id}-{k:04d}``, written in a
     background thread while strip k+1 decodes, so memory follows the strip, not the scene.
+    Reruns with the same inputs and settings rewrite the same shards with the same content; a
+    rerun with another ``strip_rows`` leaves the old shards in place, so give it a new ``shard_id``.
     An empty plan still writes an empty shard (a valid, empty store for an all-cloudy region).
     With ``negative_pool``, negatives come from another region's unchanged windows.
     """
