@@ -178,6 +178,9 @@ def main() -> None:
     parser.add_argument("--crop-px", type=int, default=2048, help="side of the side-by-side crop")
     parser.add_argument("--dates", type=int, default=3)
     parser.add_argument("--gdal-cache-mb", type=int, default=256)
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "coregistration.json", help="the JSON to write"
+    )
     parser.add_argument("--case", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -240,10 +243,9 @@ def main() -> None:
         f"in memory / blocks peak on the crop: {result['crop_peak_ratio_in_memory_over_blocks']}x; "
         f"the full grid in memory would need over {result['full_grid_in_memory_lower_bound_mb']} MB"
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "coregistration.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path.relative_to(REPO)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
