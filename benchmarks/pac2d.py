@@ -6,7 +6,11 @@ and writes ``benchmarks/results/pac2d.json``.
 Time: the median of ``--repeats`` forward+backward passes after ``--warmup`` passes; the three
 methods take turns within each repeat so that a load change on the machine hits them alike. The
 fastest and slowest pass and the load average before and after the run are recorded too: on a
-shared machine they say how far to trust the medians.
+shared machine they say how far to trust the medians. One intra-op thread by default
+(``--threads`` to change it): this machine's two cores are shared, and with two threads each
+op's OpenMP barrier waits for a descheduled peer (about 20 ms an op at a load average of 18,
+even for a 36 KiB fill), which times the scheduler, and penalises a method by its op count
+rather than by its work.
 
 Peak extra memory: torch's CPU allocator keeps no statistics, so each (method, k) runs in a
 fresh subprocess that builds its inputs, does one warm-up pass, drops the gradients, then resets
@@ -99,12 +103,10 @@ def measure_memory_here(method: str, k: int) -> int:
     return (_status_kib("VmHWM") - before) * 1024
 
 
-def measure_memory(method: str, k: int, threads: int | None) -> int:
+def measure_memory(method: str, k: int, threads: int) -> int:
     """``measure_memory_here`` in a subprocess with malloc pinned to mmap."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-    command = [sys.executable, __file__, "--memory-of", method, str(k)]
-    if threads:
-        command += ["--threads", str(threads)]
+    command = [sys.executable, __file__, "--memory-of", method, str(k), "--threads", str(threads)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return int(done.stdout.strip().splitlines()[-1])
 
@@ -126,11 +128,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=11)
-    parser.add_argument("--threads", type=int, help="torch's intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch's intra-op threads")
     parser.add_argument("--memory-of", nargs=2, metavar=("METHOD", "K"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     if args.memory_of:
         print(measure_memory_here(args.memory_of[0], int(args.memory_of[1])))
         return
