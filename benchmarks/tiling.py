@@ -6,7 +6,9 @@ torchgeo's is ``RasterDataset`` (``separate_files``) with a ``RandomGeoSampler``
 ``DataLoader``, reading the same COGs into tensors (it writes nothing). Each measurement runs in
 a fresh subprocess, ours in the project's environment and torchgeo's in its own
 (``benchmarks/.venv-torchgeo``, made by ``make bench``), taking turns within each repeat so that a
-load change on the machine hits both alike. Peak memory is the subprocess's peak resident set.
+load change on the machine hits both alike. Peak memory is the subprocess's peak resident set;
+CPU seconds (every thread) are recorded too, since on a shared machine they vary less than the
+wall clock, and the load average is written beside the figures.
 
 Test set (built in a temporary folder from the real 29RKH L2A tile in ``../shared/data``, whose
 files are 10x downsampled but carry the tile's real bounds): the 12 L2A bands and the SCL over
