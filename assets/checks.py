@@ -5,7 +5,9 @@ same run, and the result, with the figures it judged, shows on the asset's "Chec
 Thresholds come from the ``checks:`` section of the project configuration (defaults below).
 """
 
+import inspect
 import warnings
+from collections.abc import Callable
 
 import dagster as dg
 import numpy as np
@@ -13,11 +15,12 @@ import pandas as pd
 import zarr
 
 from assets.imagery import coregistered_stack
-from assets.partitions import CONFIG, REGION_WINDOWS, region_window
-from assets.patches import change_screen, patch_triplets
+from assets.partitions import CONFIG, REGION_WINDOWS, RegionWindow, region_window
+from assets.patches import change_screen, patch_triplets, tiling_inputs
 from assets.resources import DataStore
 from matter_model.patch_store import ROLES
 from pipelines.coregistration import estimate_shift, open_stack
+from pipelines.tiling import count_triplets
 
 DEFAULTS = {
     # share of a stack's pixel-dates that are cloud-free (valid); below it the stack is useless
@@ -40,9 +43,30 @@ warnings.filterwarnings("ignore", message="Specifying a partitions_def on an Ass
 PATCH_BLOCK = 256
 
 
+# The judgement of every check by name, callable on any store and partition without Dagster.
+JUDGES: dict[str, Callable[[DataStore, RegionWindow], dg.AssetCheckResult]] = {}
+
+
 def partition_check(asset: dg.AssetsDefinition):
-    """Decorate a blocking check of one region x window partition of ``asset``."""
-    return dg.asset_check(asset=asset, blocking=True, partitions_def=REGION_WINDOWS)
+    """Turn ``judge(store, part)`` into a blocking check of each region x window partition of
+    ``asset``, named and described after the judge (which stays in :data:`JUDGES`)."""
+
+    def decorate(judge: Callable[[DataStore, RegionWindow], dg.AssetCheckResult]):
+        JUDGES[judge.__name__] = judge
+
+        @dg.asset_check(
+            asset=asset,
+            name=judge.__name__,
+            description=inspect.getdoc(judge),
+            blocking=True,
+            partitions_def=REGION_WINDOWS,
+        )
+        def check(context: dg.AssetCheckExecutionContext, store: DataStore) -> dg.AssetCheckResult:
+            return judge(store, region_window(context))
+
+        return check
+
+    return decorate
 
 
 def setting(name: str):
@@ -51,11 +75,8 @@ def setting(name: str):
 
 
 @partition_check(coregistered_stack)
-def cloud_free_fraction(
-    context: dg.AssetCheckExecutionContext, store: DataStore
-) -> dg.AssetCheckResult:
+def cloud_free_fraction(store: DataStore, part: RegionWindow) -> dg.AssetCheckResult:
     """Enough of the stack is cloud-free (valid in SCL) to be worth screening and tiling."""
-    part = region_window(context)
     stack = open_stack(store.stack(part.region, part.window))
     per_date = stack["valid_fraction"].values.astype(float)
     dates = [str(t)[:10] for t in stack["time"].values.astype("datetime64[D]")]
@@ -102,11 +123,8 @@ def residual_shifts(stack, band: str = "B08") -> dict[str, float | None]:
 
 
 @partition_check(coregistered_stack)
-def coregistration_residual(
-    context: dg.AssetCheckExecutionContext, store: DataStore
-) -> dg.AssetCheckResult:
+def coregistration_residual(store: DataStore, part: RegionWindow) -> dg.AssetCheckResult:
     """After correction, no date is still shifted against the reference by more than the limit."""
-    part = region_window(context)
     residuals = residual_shifts(open_stack(store.stack(part.region, part.window)))
     measured = [r for r in residuals.values() if r is not None]
     worst = max(measured, default=0.0)
@@ -128,9 +146,7 @@ def coregistration_residual(
 
 
 @partition_check(change_screen)
-def unchanged_share(
-    context: dg.AssetCheckExecutionContext, store: DataStore
-) -> dg.AssetCheckResult:
+def unchanged_share(store: DataStore, part: RegionWindow) -> dg.AssetCheckResult:
     """The share of valid windows kept as unchanged is neither implausibly low nor high.
 
     Near 0 the threshold or the radiometry is off; near 1 the screen sees no change at all. The
@@ -138,7 +154,6 @@ def unchanged_share(
     window may well be unchanged). A partition without a single valid window (all cloudy) is a
     warning, not a failure: tiling then writes an empty shard.
     """
-    part = region_window(context)
     table = pd.read_csv(store.screen(part.region, part.window))
     min_valid = float(CONFIG.screen.get("min_valid_fraction", 0.9))
     valid_windows = int((table["min_valid_fraction"] >= min_valid).sum())
@@ -184,11 +199,8 @@ def bad_patches(group: zarr.Group) -> dict[str, dict[str, int]]:
 
 
 @partition_check(patch_triplets)
-def patches_finite_and_not_empty(
-    context: dg.AssetCheckExecutionContext, store: DataStore
-) -> dg.AssetCheckResult:
+def patches_finite_and_not_empty(store: DataStore, part: RegionWindow) -> dg.AssetCheckResult:
     """No anchor, positive or negative patch holds NaN or infinity, or is one flat value."""
-    part = region_window(context)
     group = zarr.open_group(store.patch_store / "shards" / part.shard_id, mode="r")
     counts = bad_patches(group)
     bad = sum(sum(per_role.values()) for per_role in counts.values())
@@ -204,44 +216,11 @@ def patches_finite_and_not_empty(
     )
 
 
-def predicted_triplets(
-    valid: np.ndarray,
-    screen: pd.DataFrame,
-    min_valid_fraction: float = 0.9,
-    min_negative_distance_px: int = 64,
-    max_pairs_per_window: int | None = None,
-    **_: object,
-) -> int:
-    """How many triplets the screen's unchanged windows allow, counted from the masks alone.
-
-    A kept window gives one triplet per ordered pair of dates where it is valid enough at both,
-    provided another kept window lies far enough away to serve as its negative.
-    """
-    kept = screen[screen["unchanged"]]
-    if kept.empty:
-        return 0
-    size = int(kept["size"].iloc[0])
-    centres = kept[["y0", "x0"]].to_numpy(dtype=np.float64) + size / 2
-    total = 0
-    for w, (y0, x0) in enumerate(kept[["y0", "x0"]].to_numpy()):
-        if not (np.hypot(*(centres - centres[w]).T) >= min_negative_distance_px).any():
-            continue
-        per_date = valid[:, y0 : y0 + size, x0 : x0 + size].mean(axis=(1, 2))
-        dates = int((per_date >= min_valid_fraction).sum())
-        pairs = dates * (dates - 1)
-        total += pairs if max_pairs_per_window is None else min(pairs, max_pairs_per_window)
-    return total
-
-
 @partition_check(patch_triplets)
-def patch_count_matches_windows(
-    context: dg.AssetCheckExecutionContext, store: DataStore
-) -> dg.AssetCheckResult:
+def patch_count_matches_windows(store: DataStore, part: RegionWindow) -> dg.AssetCheckResult:
     """The shard holds exactly the triplets its unchanged windows predict: none lost, none extra."""
-    part = region_window(context)
-    stack = open_stack(store.stack(part.region, part.window))
-    screen = pd.read_csv(store.screen(part.region, part.window))
-    expected = predicted_triplets(stack["valid"].values, screen, **CONFIG.tiling)
+    source, screen, settings = tiling_inputs(store, part)
+    expected = count_triplets(source, screen, **settings)
     table = store.patch_store / "shards" / part.shard_id / "patches.csv"
     actual = len(pd.read_csv(table))
     return dg.AssetCheckResult(

@@ -82,24 +82,26 @@ def negative_pool(
     return NegativePool(StackSource(stack, bands), pd.read_csv(screen_path))
 
 
-@dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, deps=[change_screen], kinds={"zarr"})
-def patch_triplets(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
-    """Anchor / positive / negative crops of the unchanged windows, one shard per partition."""
-    part = region_window(context)
+def tiling_inputs(store: DataStore, part: RegionWindow) -> tuple[StackSource, pd.DataFrame, dict]:
+    """The partition's stack as a pixel source, its change screen, and the tiling settings of
+    the configuration with the negative pool resolved: what `patch_triplets` tiles from."""
     stack = open_stack(store.stack(part.region, part.window)).load()
     screen = pd.read_csv(store.screen(part.region, part.window))
     settings = dict(CONFIG.tiling)
     negatives = settings.pop("negatives", "same_scene")
     bands = list(settings["bands"])
+    settings["negative_pool"] = negative_pool(store, part, negatives, bands)
+    return StackSource(stack, bands), screen, settings
+
+
+@dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, deps=[change_screen], kinds={"zarr"})
+def patch_triplets(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
+    """Anchor / positive / negative crops of the unchanged windows, one shard per partition."""
+    part = region_window(context)
+    source, screen, settings = tiling_inputs(store, part)
+    bands = list(settings["bands"])
     shard_id = part.shard_id
-    result = tile_to_store(
-        StackSource(stack, bands),
-        screen,
-        store.patch_store,
-        shard_id,
-        negative_pool=negative_pool(store, part, negatives, bands),
-        **settings,
-    )
+    result = tile_to_store(source, screen, store.patch_store, shard_id, **settings)
     (shard,) = result.shards
     metadata: dict = {
         "triplets": result.triplets,

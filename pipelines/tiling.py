@@ -385,6 +385,33 @@ def cut_triplets(
     return _cut(source, kept, plan, len(bands), pool)
 
 
+def count_triplets(
+    source: PixelSource,
+    screen: pd.DataFrame,
+    bands: Sequence[str] = (),
+    seed: int = 0,
+    min_valid_fraction: float = 0.9,
+    min_negative_distance_px: int = 64,
+    max_pairs_per_window: int | None = None,
+    strip_rows: int | None = None,
+    negative_pool: NegativePool | None = None,
+) -> int:
+    """How many triplets :func:`tile_to_store` writes with the same arguments (the plan alone,
+    from the valid masks: no pixel is cut). ``bands`` is accepted so that both take one set of
+    settings; it does not change the count."""
+    _, plan, _ = _plan(
+        source,
+        screen,
+        seed,
+        min_valid_fraction,
+        min_negative_distance_px,
+        max_pairs_per_window,
+        strip_rows,
+        negative_pool,
+    )
+    return len(plan)
+
+
 def tile_to_store(
     source: PixelSource,
     screen: pd.DataFrame,

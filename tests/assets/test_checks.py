@@ -3,19 +3,21 @@ catches the fault it names."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 
 from assets import checks, imagery, patches
-from assets.checks import bad_patches, predicted_triplets, residual_shifts
-from assets.partitions import CONFIG
+from assets.checks import JUDGES, bad_patches, residual_shifts
+from assets.dask_resource import DaskCluster
+from assets.partitions import CONFIG, RegionWindow
 from assets.resources import DataStore, StacApi
-from pipelines.change_screen import screen_windows
-from pipelines.tiling import cut_triplets
+from matter_model.patch_store import ROLES, read_info, write_shard
 from tests.pipelines.stacks import synthetic_stack
 
 PARTITION = "lombardy|2024-07-01"
@@ -32,12 +34,15 @@ def _materialise(root: Path) -> dg.ExecuteInProcessResult:
         resources={
             "store": DataStore(root=str(root)),
             "stac": StacApi(demo_world_root=str(root / "demo_world")),
+            "dask_cluster": DaskCluster(),
         },
         raise_on_error=False,
     )
 
 
-def test_every_check_passes_on_the_demo_world(tmp_path: Path) -> None:
+def test_every_check_passes_on_the_demo_world_and_catches_a_tampered_shard(
+    tmp_path: Path,
+) -> None:
     result = _materialise(tmp_path)
     assert result.success
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
@@ -53,6 +58,26 @@ def test_every_check_passes_on_the_demo_world(tmp_path: Path) -> None:
     residual = evaluations["coregistration_residual"].metadata["max_residual_px"].value
     assert residual < 0.2  # the demo world's planted shifts are corrected to within 0.1 px
 
+    # A shard that lost its last triplet and holds a flat patch: both patch checks see it.
+    store, shard_id = tmp_path / "patches", "lombardy__2024-07-01"
+    group = zarr.open_group(store / "shards" / shard_id, mode="r")
+    arrays = {role: group[role][:-1] for role in ROLES}
+    arrays["negative"][0] = 0.5
+    table = pd.read_csv(store / "shards" / shard_id / "patches.csv").iloc[:-1]
+    write_shard(store, shard_id, read_info(store), **arrays, patches=table)
+    part = RegionWindow("lombardy", "2024-07-01", datetime(2024, 7, 1), datetime(2024, 10, 1))
+    data = DataStore(root=str(tmp_path))
+    count = JUDGES["patch_count_matches_windows"](data, part)
+    assert not count.passed
+    assert count.metadata["written"].value == count.metadata["predicted"].value - 1
+    patches_check = JUDGES["patches_finite_and_not_empty"](data, part)
+    assert not patches_check.passed
+    assert patches_check.metadata["flat_patches"].value == {
+        "anchor": 0,
+        "positive": 0,
+        "negative": 1,
+    }
+
 
 def test_a_failing_check_blocks_the_stages_after_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -65,17 +90,6 @@ def test_a_failing_check_blocks_the_stages_after_it(
     materialised = {m.asset_key.path[-1] for m in result.get_asset_materialization_events()}
     assert materialised == {"stac_items", "coregistered_stack"}
     assert not (tmp_path / "patches").exists()
-
-
-def test_the_patch_count_predicted_from_the_masks_is_what_tiling_cuts() -> None:
-    stack = synthetic_stack(size=160, dates=3)
-    stack["valid"][1, 40:80, :] = False  # a cloud band on the middle date
-    screen = screen_windows(stack, window=32)
-    for settings in ({}, {"max_pairs_per_window": 2}, {"min_negative_distance_px": 150}):
-        triplets = cut_triplets(stack, screen, bands=["B02", "B03", "B04"], **settings)
-        assert predicted_triplets(stack["valid"].values, screen, **settings) == len(
-            triplets.patches
-        )
 
 
 def test_bad_patches_finds_nan_and_flat_patches(tmp_path: Path) -> None:
