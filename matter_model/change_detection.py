@@ -66,7 +66,8 @@ class ChangePair:
 
 @dataclass(frozen=True)
 class ConfusionCounts:
-    """Confusion counts of the change class; ``+`` sums them (micro averaging)."""
+    """Confusion counts of a positive class (change pixels, matched buildings); ``+`` sums
+    them (micro averaging)."""
 
     tp: int = 0
     fp: int = 0

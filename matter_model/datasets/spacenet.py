@@ -42,6 +42,8 @@ from rasterio.warp import transform_geom
 from shapely.geometry import box, shape
 from torch.utils.data import Dataset
 
+from matter_model.change_detection import ConfusionCounts
+
 MIN_AREA_PX = 20.0
 IOU_THRESHOLD = 0.5
 GEOJSON_DEFAULT_CRS = CRS.from_epsg(4326)
@@ -111,34 +113,8 @@ def clip_polygons(polygons: Iterable[Any], window: tuple[int, int, int, int]) ->
             clipped.append(shapely.affinity.translate(part, -col, -row))
     return clipped
 
-
-# ---------------------------------------------------------------------------------------------
-# The SpaceNet building scorer
-
-
-@dataclass(frozen=True)
-class F1Counts:
-    """True / false positives and false negatives of footprint matching; ``+`` sums them."""
-
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
-
-    def __add__(self, other: F1Counts) -> F1Counts:
-        return F1Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
-
-    @property
-    def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
-
-    @property
-    def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
-
-    @property
-    def f1(self) -> float:
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p * r > 0 else 0.0
+    # ---------------------------------------------------------------------------------------------
+    # The SpaceNet building scorer
 
     def as_dict(self) -> dict[str, float | int]:
         return {
@@ -157,7 +133,7 @@ def match_buildings(
     confidences: Sequence[float] | None = None,
     iou_threshold: float = IOU_THRESHOLD,
     min_area: float = MIN_AREA_PX,
-) -> F1Counts:
+) -> ConfusionCounts:
     """SpaceNet matching of one image's proposal polygons against its truth polygons."""
     remaining = [_valid(t) for t in truth if t.area >= min_area]
     kept = [(i, _valid(p)) for i, p in enumerate(proposals) if p.area > min_area]
@@ -180,7 +156,7 @@ def match_buildings(
             tp += 1
         else:
             fp += 1
-    return F1Counts(tp, fp, int(alive.sum()))
+    return ConfusionCounts(tp, fp, int(alive.sum()))
 
 
 def read_solution_csv(path: str | Path) -> dict[str, list[tuple[Any, float]]]:
@@ -204,7 +180,9 @@ def read_solution_csv(path: str | Path) -> dict[str, list[tuple[Any, float]]]:
     return images
 
 
-def score_solution_csv(truth_csv: str | Path, proposal_csv: str | Path) -> dict[str, F1Counts]:
+def score_solution_csv(
+    truth_csv: str | Path, proposal_csv: str | Path
+) -> dict[str, ConfusionCounts]:
     """SpaceNet counts per image id (every id of either file) for a truth and a proposal CSV."""
     truth, proposals = read_solution_csv(truth_csv), read_solution_csv(proposal_csv)
     scores = {}

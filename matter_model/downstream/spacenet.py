@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from matter_model.change_detection import ConfusionCounts
 from matter_model.datasets.spacenet import (
-    F1Counts,
     SpaceNetTiles,
     default_label_dir,
     find_chips,
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     )
 
     segmenter.eval()
-    counts, intersection, union = F1Counts(), 0, 0
+    counts, intersection, union = ConfusionCounts(), 0, 0
     start = time.perf_counter()
     with torch.no_grad():
         for x, mask, index in DataLoader(Subset(dataset, test_idx), **loaders):

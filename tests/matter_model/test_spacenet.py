@@ -13,8 +13,8 @@ import rasterio
 import torch
 from shapely.geometry import box
 
+from matter_model.change_detection import ConfusionCounts
 from matter_model.datasets.spacenet import (
-    F1Counts,
     SpaceNetError,
     SpaceNetTiles,
     find_chips,
@@ -67,13 +67,13 @@ def test_matching_is_one_to_one_strictly_above_half_and_by_confidence() -> None:
     truth = [box(0, 0, 10, 10)]
     # Two proposals on one building: one match, one false positive; the confident one wins.
     loose, tight = box(0, 0, 10, 12), box(0, 0, 10, 11)
-    assert match_buildings(truth, [loose, tight], [0.9, 0.1]) == F1Counts(1, 1, 0)
+    assert match_buildings(truth, [loose, tight], [0.9, 0.1]) == ConfusionCounts(1, 1, 0)
     # IoU exactly 0.5 is not a match (strictly greater, as SpaceNet scores).
     half = box(0, 0, 10, 20)
-    assert match_buildings(truth, [half]) == F1Counts(0, 1, 1)
+    assert match_buildings(truth, [half]) == ConfusionCounts(0, 1, 1)
     # Truth under 20 px^2 and proposals of 20 px^2 or less are ignored.
-    assert match_buildings([box(0, 0, 4, 4)], [box(0, 0, 4, 5)]) == F1Counts(0, 0, 0)
-    counts = F1Counts(3, 1, 2) + F1Counts(1, 0, 0)
+    assert match_buildings([box(0, 0, 4, 4)], [box(0, 0, 4, 5)]) == ConfusionCounts(0, 0, 0)
+    counts = ConfusionCounts(3, 1, 2) + ConfusionCounts(1, 0, 0)
     assert counts.as_dict()["f1"] == pytest.approx(2 * (4 / 5) * (4 / 6) / (4 / 5 + 4 / 6))
 
 
@@ -99,7 +99,7 @@ def test_real_chip_mask_matches_its_footprints(real_data) -> None:
     area = sum(p.area for p in truth)
     assert abs(mask.sum() - area) < 0.01 * area
     # Vectorising the mask again finds every building at IoU > 0.5.
-    assert match_buildings(truth, mask_to_polygons(mask)) == F1Counts(43, 0, 0)
+    assert match_buildings(truth, mask_to_polygons(mask)) == ConfusionCounts(43, 0, 0)
 
 
 # --- the reader on fixtures ------------------------------------------------------------------
