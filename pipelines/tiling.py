@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import permutations
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -317,11 +317,11 @@ def _kept(screen: pd.DataFrame) -> pd.DataFrame:
 def _plan(
     source: PixelSource,
     screen: pd.DataFrame,
-    seed: int,
-    min_valid_fraction: float,
-    min_negative_distance_px: int,
-    max_pairs_per_window: int | None,
-    strip_rows: int | None,
+    seed: int = 0,
+    min_valid_fraction: float = 0.9,
+    min_negative_distance_px: int = 64,
+    max_pairs_per_window: int | None = None,
+    strip_rows: int | None = None,
     negative_pool: NegativePool | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, tuple[PixelSource, pd.DataFrame] | None]:
     """The kept windows of ``screen``, the plan of their triplets, and the negative pool's
@@ -385,31 +385,12 @@ def cut_triplets(
     return _cut(source, kept, plan, len(bands), pool)
 
 
-def count_triplets(
-    source: PixelSource,
-    screen: pd.DataFrame,
-    bands: Sequence[str] = (),
-    seed: int = 0,
-    min_valid_fraction: float = 0.9,
-    min_negative_distance_px: int = 64,
-    max_pairs_per_window: int | None = None,
-    strip_rows: int | None = None,
-    negative_pool: NegativePool | None = None,
-) -> int:
-    """How many triplets :func:`tile_to_store` writes with the same arguments (the plan alone,
-    from the valid masks: no pixel is cut). ``bands`` is accepted so that both take one set of
-    settings; it does not change the count."""
-    _, plan, _ = _plan(
-        source,
-        screen,
-        seed,
-        min_valid_fraction,
-        min_negative_distance_px,
-        max_pairs_per_window,
-        strip_rows,
-        negative_pool,
-    )
-    return len(plan)
+def count_triplets(source: PixelSource, screen: pd.DataFrame, **settings: Any) -> int:
+    """How many triplets :func:`tile_to_store` writes with the same ``settings`` (its keyword
+    arguments; ``bands`` does not change the count): the plan alone, from the valid masks, with
+    no pixel cut."""
+    settings.pop("bands", None)
+    return len(_plan(source, screen, **settings)[1])
 
 
 def tile_to_store(

@@ -207,7 +207,7 @@ def test_tile_to_store_in_strips_is_readable_and_reruns_identically(tmp_path) ->
 
     first = tile(tmp_path / "a")
     assert [s.name for s in first.shards] == ["part-0000", "part-0001"]
-    counted = count_triplets(StackSource(stack, BANDS), screen, BANDS, strip_rows=2, **settings)
+    counted = count_triplets(StackSource(stack, BANDS), screen, strip_rows=2, **settings)
     assert counted == first.triplets  # the plan alone predicts what is written
     assert shard_ids(tmp_path / "a") == ["part-0000", "part-0001"]
     dataset = TripletDataset(tmp_path / "a", BANDS)
