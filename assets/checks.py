@@ -1,7 +1,8 @@
 """Asset checks: is each stage's output plausible before the next stage builds on it?
 
-Every check is blocking: when it fails, the downstream assets of that partition do not run in the
-same run, and the result, with the figures it judged, shows on the asset's "Checks" tab in the UI.
+Every check is blocking: when it fails (an error; a warning such as an all-cloudy screen does not
+block), the downstream assets of that partition do not run in the same run, and the result, with
+the figures it judged, shows on the asset's "Checks" tab in the UI.
 Thresholds come from the ``checks:`` section of the project configuration (defaults below).
 """
 
@@ -187,11 +188,8 @@ def bad_patches(group: zarr.Group) -> dict[str, dict[str, int]]:
     for role in ROLES:
         array = group[role]
         for start in range(0, array.shape[0], PATCH_BLOCK):
-            block = (
-                array[start : start + PATCH_BLOCK]
-                .astype(np.float32)
-                .reshape(min(PATCH_BLOCK, array.shape[0] - start), -1)
-            )
+            block = array[start : start + PATCH_BLOCK].astype(np.float32)
+            block = block.reshape(len(block), -1)
             finite = np.isfinite(block).all(axis=1)
             counts["non_finite"][role] += int((~finite).sum())
             counts["flat"][role] += int((np.ptp(block[finite], axis=1) == 0).sum())

@@ -36,10 +36,10 @@ def change_detection_eval(
     stacks = sorted(store.path("stacks").glob("*/*.zarr"))
     if CONFIG.stac.get("endpoint") == "demo" and stacks:
         datasets["demo_world"] = demo_change_pairs(store.demo_world, stacks, bands)
-    oscd_root = Path(settings.get("oscd_root") or "")
-    oscd = OSCD(oscd_root) if settings.get("oscd_root") and oscd_root.exists() else None
+    oscd_root = settings.get("oscd_root")
+    oscd = OSCD(Path(oscd_root)) if oscd_root and Path(oscd_root).exists() else None
     if oscd is None:
-        context.log.info(f"OSCD not evaluated: {oscd_root} does not exist")
+        context.log.info(f"OSCD not evaluated: evaluation.oscd_root {oscd_root!r} does not exist")
     if not datasets and oscd is None:
         raise RuntimeError("nothing to evaluate on: no demo-world stacks and no OSCD root")
     previews = store.reports / "change_maps"

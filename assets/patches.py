@@ -78,14 +78,14 @@ def negative_pool(
             f"negatives come from region {other!r}, whose change screen for {part.window} is "
             f"missing: materialise `change_screen` for partition {other}|{part.window} first"
         )
-    stack = open_stack(store.stack(other, part.window)).load()
+    stack = open_stack(store.stack(other, part.window))  # StackSource reads only `bands`
     return NegativePool(StackSource(stack, bands), pd.read_csv(screen_path))
 
 
 def tiling_inputs(store: DataStore, part: RegionWindow) -> tuple[StackSource, pd.DataFrame, dict]:
     """The partition's stack as a pixel source, its change screen, and the tiling settings of
     the configuration with the negative pool resolved: what `patch_triplets` tiles from."""
-    stack = open_stack(store.stack(part.region, part.window)).load()
+    stack = open_stack(store.stack(part.region, part.window))  # StackSource reads only `bands`
     screen = pd.read_csv(store.screen(part.region, part.window))
     settings = dict(CONFIG.tiling)
     negatives = settings.pop("negatives", "same_scene")

@@ -39,12 +39,12 @@ def complete_windows(now: datetime) -> list[str]:
 
 def items_by_window(items: list[dict], windows: list[str]) -> dict[str, list[str]]:
     """Item ids grouped by the time window (partition key) their acquisition falls in."""
-    spans = REGION_WINDOWS.get_partitions_def_for_dimension("window")
+    partitions = REGION_WINDOWS.get_partitions_def_for_dimension("window")
+    spans = {key: partitions.time_window_for_partition_key(key) for key in windows}
     grouped: dict[str, list[str]] = defaultdict(list)
     for item in items:
         acquired = datetime.fromisoformat(item["properties"]["datetime"].replace("Z", "+00:00"))
-        for key in windows:
-            span = spans.time_window_for_partition_key(key)
+        for key, span in spans.items():
             if span.start <= acquired < span.end:
                 grouped[key].append(item["id"])
     return grouped

@@ -14,8 +14,9 @@ windows (a window is truly changed when any of its label pixels is change):
 - leave-one-city-out: the loosest threshold whose precision on the other six cities reaches the
   target, applied to the held-out city, so no city's figure comes from a threshold fitted on it.
 
-Writes ``benchmarks/results/change_screen.json`` and prints a table. Needs the OSCD release at
-``../shared/data/oscd`` (or ``$MATTER_REAL_DATA/oscd``); the demo world is generated here.
+Writes ``benchmarks/results/change_screen.json`` and prints a table. The OSCD figures need the
+release at ``../shared/data/oscd`` (or ``$MATTER_REAL_DATA/oscd``); without it only the demo
+world, generated here, is measured at the configured point.
 """
 
 from __future__ import annotations
@@ -293,7 +294,6 @@ def main() -> None:
             "methods": compare_methods(screen, oscd_root, stacks) if oscd_root else {},
         }
     print_table(results)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RESULTS, json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(REPO)}")
 

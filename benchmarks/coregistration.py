@@ -189,6 +189,7 @@ def main() -> None:
         return
     if not REAL_TILE.exists():
         sys.exit(f"{REAL_TILE} is absent: set MATTER_REAL_DATA to the shared data folder")
+    from matter_model.atomic_io import atomic_write_text
     from pipelines.coregistration import DEFAULT_CHUNK_PX
 
     with tempfile.TemporaryDirectory(prefix="coreg-bench-") as tmp_name:
@@ -243,8 +244,7 @@ def main() -> None:
         f"in memory / blocks peak on the crop: {result['crop_peak_ratio_in_memory_over_blocks']}x; "
         f"the full grid in memory would need over {result['full_grid_in_memory_lower_bound_mb']} MB"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from matter_model.atomic_io import atomic_write_text
 from matter_model.ops import pac2d
 
 RESULTS = Path(__file__).parent / "results"
@@ -190,10 +191,7 @@ def main() -> None:
         print(f"   ratios: {ratios}")
     print("targets at k=5:", report["targets_k5"])
     print("load average (1 min) before and after:", report["load_average_1min"])
-    RESULTS.mkdir(exist_ok=True)
-    partial = RESULTS / "pac2d.json.partial"
-    partial.write_text(json.dumps(report, indent=2) + "\n")
-    partial.replace(RESULTS / "pac2d.json")
+    atomic_write_text(RESULTS / "pac2d.json", json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

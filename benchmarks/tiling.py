@@ -110,12 +110,11 @@ def date_names(dates: int) -> list[str]:
 
 def usage(start: float, cpu_start: float, patches: int) -> dict:
     """Patches, wall and CPU seconds since the starts, and this process's peak resident set."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "patches": patches,
         "seconds": time.perf_counter() - start,
-        "cpu_s": r.ru_utime + r.ru_stime - cpu_start,
-        "peak_mb": r.ru_maxrss / 1024,
+        "cpu_s": cpu_seconds() - cpu_start,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
@@ -263,11 +262,11 @@ def main() -> None:
     }
     result["speedup"] = result["ours_patches_per_s"] / result["torchgeo_patches_per_s"]
     result["cpu_speedup"] = result["ours_patches_per_cpu_s"] / result["torchgeo_patches_per_cpu_s"]
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    # The project's environment only: torchgeo's worker runs this file without it.
+    from matter_model.atomic_io import atomic_write_text
+
     out = RESULTS / "tiling.json"
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
 
     print(f"\n{args.dates} dates, median of {args.repeats}:")
     print(f"{'':10} {'patches/s':>10} {'per CPU-s':>10} {'peak MB':>8}")
@@ -280,7 +279,10 @@ def main() -> None:
         f"speedup {result['speedup']:.2f}x (target 5x), per CPU-second "
         f"{result['cpu_speedup']:.2f}x; load average {load_start:.1f} at the start"
     )
-    print(f"\ncost curve:\n{'side':10} {'dates':>5} {'patches':>8} {'seconds':>8} {'CPU s':>7}")
+    print(
+        f"\ncost curve:\n{'side':10} {'dates':>5} {'patches':>8} {'seconds':>8} {'CPU s':>7} "
+        f"{'peak':>11}"
+    )
     for r in rows:
         print(
             f"{r['side']:10} {r['dates']:5d} {r['patches']:8d} {r['seconds']:8.2f} "

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from matter_model.atomic_io import atomic_write_text
 from matter_model.patch_store import ROLES, StoreInfo, TripletDataset, write_shard
 from matter_model.train import CONFIG_DIR, StepBatchSampler, load_config, train
 
@@ -106,8 +107,7 @@ def main() -> None:
         f"  loader    {triplets:10.1f} triplets/s = {3 * triplets:.1f} patches/s "
         f"({config['num_workers']} workers), {triplets / samples:.0f}x training's need"
     )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "train.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(RESULTS / "train.json", json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

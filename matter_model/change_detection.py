@@ -367,7 +367,8 @@ def render_change_map(
 
 
 def as_reflectance(image: np.ndarray) -> np.ndarray:
-    """The identity: a MATTER model sees surface reflectance, as it did in training."""
+    """The identity: the model sees reflectance (DN / 10000) unstandardised, the scale its
+    patch store holds (L2A surface or, for OSCD, L1C top-of-atmosphere reflectance)."""
     return image
 
 
@@ -383,16 +384,22 @@ def compare_with_baselines(
     from ``config['seed']``), and CVA, side by side: ``{dataset: evaluate_pairs(...)}``.
 
     With ``previews``, the trained model's change map of each pair is written there as PNG.
+    Both networks run on the trained model's device.
     """
     import torch
 
     from matter_model.checkpoint import build_model
 
+    device = next(model.parameters()).device
     torch.manual_seed(int(config.get("seed", 0)))
-    untrained = build_model(config).eval()
+    untrained = build_model(config).to(device).eval()
     methods = {
-        "matter": model_features(model, window=window, normalize=as_reflectance),
-        "untrained": model_features(untrained, window=window, normalize=as_reflectance),
+        "matter": model_features(
+            model, window=window, device=str(device), normalize=as_reflectance
+        ),
+        "untrained": model_features(
+            untrained, window=window, device=str(device), normalize=as_reflectance
+        ),
         "cva": cva_features,
     }
     bands = list(config["bands"])

@@ -36,6 +36,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
+from matter_model.atomic_io import atomic_write_text
 from matter_model.checkpoint import build_model, load_checkpoint, load_model, save_checkpoint
 from matter_model.loss import sample_positions, subpatch_info_nce
 from matter_model.patch_store import ROLES, TripletDataset
@@ -361,7 +362,7 @@ def _train(
         "loss_history": history,
     }
     if rank == 0:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
         _plot(history, out / "loss_curve.png")
     return metrics
 

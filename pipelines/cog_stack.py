@@ -20,8 +20,8 @@ import numpy as np
 import rasterio
 from affine import Affine
 
-from pipelines.bands import SCL, SCL_INVALID_DEFAULT, asset_key
-from pipelines.coregistration import Grid, reflectance_offset, resolve_href
+from pipelines.bands import SCL, SCL_INVALID_DEFAULT
+from pipelines.coregistration import Grid, asset_path, reflectance_offset
 
 L2A_SCALE = 1e-4  # DN to reflectance, before the baseline's offset
 
@@ -47,14 +47,10 @@ class CogScene:
         href_rewrites: Sequence[tuple[str, str]] = (),
     ) -> CogScene:
         """The scene of a STAC item, hrefs mapped through ``href_rewrites`` to local files."""
-
-        def path(name: str) -> str:
-            return resolve_href(item["assets"][asset_key(item, name)]["href"], href_rewrites)
-
         return cls(
             date=str(item["properties"]["datetime"])[:10],
-            bands={name: path(name) for name in bands},
-            scl=path(SCL.name),
+            bands={name: asset_path(item, name, href_rewrites) for name in bands},
+            scl=asset_path(item, SCL.name, href_rewrites),
             offset=reflectance_offset(item),
         )
 

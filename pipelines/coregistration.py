@@ -7,8 +7,8 @@ Contract of the output (a zarr v3 store written by :func:`write_stack`, read bac
 - ``valid`` (time, y, x) bool: data present and the SCL class not in ``invalid_scl``;
 - ``shift_px`` (time, axis) float32: the residual (dy, dx) shift measured against the reference
   date before it was corrected; ``valid_fraction`` (time); ``item_ids`` (time);
-- attrs ``crs`` ("EPSG:xxxxx"), ``transform`` (6 affine coefficients), ``region``, ``tiles``,
-  ``reference_date``.
+- attrs ``crs`` ("EPSG:xxxxx"), ``transform`` (6 affine coefficients), ``region``, ``tiles``
+  (the items' MGRS tiles, comma-separated), ``reference_date``.
 
 :func:`coregister` returns it dask-backed, in blocks of ``chunk_px`` pixels: each block is read
 through windows of a ``WarpedVRT`` onto the target grid, the shift is measured on a bounded sample
@@ -41,6 +41,7 @@ from zarr.errors import UnstableSpecificationWarning
 
 from matter_model.atomic_io import atomic_directory
 from pipelines.bands import SCL, SCL_INVALID_DEFAULT, SPECTRAL_BANDS, asset_key, band
+from pipelines.stac.search import item_mgrs_tile
 from pipelines.stac.signing import HrefSigner, refresh_signature, unsigned
 
 BASELINE_WITH_OFFSET = (4, 0)  # from processing baseline 04.00 on, DN carry a +1000 offset
@@ -179,7 +180,8 @@ def read_asset(
         ) from None
 
 
-def _asset_path(item: dict, name: str, href_rewrites: Sequence[tuple[str, str]]) -> str:
+def asset_path(item: dict, name: str, href_rewrites: Sequence[tuple[str, str]] = ()) -> str:
+    """The href of band ``name``'s asset, through :func:`resolve_href`."""
     return resolve_href(item["assets"][asset_key(item, name)]["href"], href_rewrites)
 
 
@@ -201,14 +203,10 @@ def read_item(
     for i, name in enumerate(bands):
         raster = (item["assets"][asset_key(item, name)].get("raster:bands") or [{}])[0]
         scale = float(raster.get("scale", 1e-4))
-        dn, _ = read_asset(
-            _asset_path(item, name, href_rewrites), grid, Resampling.bilinear, window
-        )
+        dn, _ = read_asset(asset_path(item, name, href_rewrites), grid, Resampling.bilinear, window)
         present = dn > 0
         out[i][present] = dn[present].astype(np.float32) * scale + offset
-    scl, _ = read_asset(
-        _asset_path(item, SCL.name, href_rewrites), grid, Resampling.nearest, window
-    )
+    scl, _ = read_asset(asset_path(item, SCL.name, href_rewrites), grid, Resampling.nearest, window)
     return out, scl.astype(np.uint8)
 
 
@@ -260,11 +258,11 @@ def scl_valid_block(
     reference date and the shift sample before any reflectance is read; gaps are SCL 0.
     """
     scl, _ = read_asset(
-        _asset_path(scenes[0], SCL.name, href_rewrites), grid, Resampling.nearest, window
+        asset_path(scenes[0], SCL.name, href_rewrites), grid, Resampling.nearest, window
     )
     for scene in scenes[1:]:
         more, _ = read_asset(
-            _asset_path(scene, SCL.name, href_rewrites), grid, Resampling.nearest, window
+            asset_path(scene, SCL.name, href_rewrites), grid, Resampling.nearest, window
         )
         scl = np.where(scl == 0, more, scl)
     return ~np.isin(scl, list(invalid_scl))
@@ -471,7 +469,7 @@ def coregister(
             "crs": f"EPSG:{grid.epsg}",
             "transform": list(grid.transform)[:6],
             "region": region,
-            "tiles": ",".join(sorted({it["properties"].get("grid:code", "") for it in items})),
+            "tiles": ",".join(sorted({t for it in items if (t := item_mgrs_tile(it))})),
             "reference_date": dates[reference],
         },
     )

@@ -25,9 +25,8 @@ import numpy as np
 import xarray as xr
 
 from matter_model.datasets.oscd import MATTER_BANDS, OSCD, OSCDCity, OSCDError
-from matter_model.patch_store import StoreInfo, write_shard
 from pipelines.change_screen import screen_windows
-from pipelines.tiling import cut_triplets
+from pipelines.tiling import StackSource, tile_to_store
 
 # Dates missing from a city's dates.txt get these placeholders (the tiling needs two labels).
 _PLACEHOLDER_DATES = ("2000-01-01", "2000-01-02")
@@ -79,24 +78,20 @@ def build_oscd_patch_store(
         cities = [c for c in dataset.cities("all") if c not in labelled]
     if not cities:
         raise OSCDError(f"no unlabelled OSCD city under {root} to pretrain on")
-    info = StoreInfo(tuple(bands), window)
     written: dict[str, int] = {}
     for name in cities:
         stack = city_stack(dataset.load(name, bands))
         screen = screen_windows(stack, window, threshold, min_valid_fraction)
-        triplets = cut_triplets(
-            stack, screen, list(bands), seed, min_valid_fraction, min_negative_distance_px
-        )
-        write_shard(
+        written[name] = tile_to_store(
+            StackSource(stack, bands),
+            screen,
             out,
             f"oscd-{name}",
-            info,
-            triplets.anchor,
-            triplets.positive,
-            triplets.negative,
-            triplets.patches,
-        )
-        written[name] = len(triplets.patches)
+            bands,
+            seed,
+            min_valid_fraction,
+            min_negative_distance_px,
+        ).triplets
         unchanged = int(screen["unchanged"].sum())
         log(f"{name}: {unchanged}/{len(screen)} windows unchanged, {written[name]} triplets")
     return written

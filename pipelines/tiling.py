@@ -208,6 +208,11 @@ def plan_triplets(
     strip = rows // strip_rows if strip_rows else np.zeros(len(windows), dtype=int)
     valid_enough = valid_fraction[:, rows, cols] >= min_valid_fraction  # (date, window)
     dates = valid_fraction.shape[0]
+    if pool is None:
+        negative_dates = np.arange(dates)
+    else:  # the pool's candidates do not depend on the anchor window
+        pool_enough, negative_dates = pool
+        candidates = [np.flatnonzero(pool_enough[negative_dates[i]]) for i in range(dates)]
     plan = []
     for w in range(len(windows)):
         if pool is None:
@@ -215,10 +220,6 @@ def plan_triplets(
                 strip == strip[w]
             )
             candidates = [np.flatnonzero(far & valid_enough[i]) for i in range(dates)]
-            negative_dates = np.arange(dates)
-        else:
-            pool_enough, negative_dates = pool
-            candidates = [np.flatnonzero(pool_enough[negative_dates[i]]) for i in range(dates)]
         pairs = [
             (i, j)
             for i, j in permutations(range(dates), 2)
@@ -261,20 +262,20 @@ def _cut(
     strips = {t: source.read_rows(y0, y1, t) for t in needed}
     negative_source, negative_windows = pool or (source, windows)
     crops = np.empty((3, len(plan), n_bands, size, size), dtype=np.float32)
+    t = source.grid.transform
     rows = []
     for n, (w, i, j, neg, d) in enumerate(plan[PLAN_COLUMNS].itertuples(index=False)):
         window, negative = windows.iloc[w], negative_windows.iloc[neg]
         shares = []
-        for role, (date, at) in enumerate(((i, window), (j, window))):
+        for role, date in enumerate((i, j)):
             crop = crops[role, n]
-            valid = strips[date].crop(int(at["y0"]) - y0, int(at["x0"]), crop)
+            valid = strips[date].crop(int(window["y0"]) - y0, int(window["x0"]), crop)
             shares.append(_fill_invalid(crop, valid))
         ny0 = int(negative["y0"])
         strip = strips[d] if pool is None else negative_source.read_rows(ny0, ny0 + size, d)
         top = ny0 - y0 if pool is None else 0
         valid = strip.crop(top, int(negative["x0"]), crops[2, n])
         shares.append(_fill_invalid(crops[2, n], valid))
-        t = source.grid.transform
         rows.append(
             {
                 "region": source.region,

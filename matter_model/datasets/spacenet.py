@@ -113,18 +113,9 @@ def clip_polygons(polygons: Iterable[Any], window: tuple[int, int, int, int]) ->
             clipped.append(shapely.affinity.translate(part, -col, -row))
     return clipped
 
-    # ---------------------------------------------------------------------------------------------
-    # The SpaceNet building scorer
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {
-            "tp": self.tp,
-            "fp": self.fp,
-            "fn": self.fn,
-            "precision": self.precision,
-            "recall": self.recall,
-            "f1": self.f1,
-        }
+# ---------------------------------------------------------------------------------------------
+# The SpaceNet building scorer
 
 
 def match_buildings(

@@ -86,7 +86,8 @@ def split_tiles(dataset: SpaceNetTiles, test_fraction: float) -> tuple[list[int]
         test = [i for i, (chip, _, _) in enumerate(dataset.tiles) if chip in held]
     else:
         test = list(range(len(dataset)))[-math.ceil(len(dataset) * test_fraction) :]
-    train = [i for i in range(len(dataset)) if i not in set(test)]
+    held_out = set(test)
+    train = [i for i in range(len(dataset)) if i not in held_out]
     if not train:
         raise ValueError(
             f"{len(dataset)} tiles leave none to train on: use a smaller --tile or more chips"

@@ -250,10 +250,11 @@ def open_client(request: SearchRequest) -> pystac_client.Client:
 
 def server_filters(client: pystac_client.Client, request: SearchRequest) -> dict:
     """Search arguments for the filters, in the richest form the server says it conforms to."""
-    if client.conforms_to(ConformanceClasses.FILTER) and request.cql2_filter():
-        return {"filter": request.cql2_filter(), "filter_lang": "cql2-json"}
-    if client.conforms_to(ConformanceClasses.QUERY) and request.query_extension():
-        return {"query": request.query_extension()}
+    cql2, query = request.cql2_filter(), request.query_extension()
+    if cql2 and client.conforms_to(ConformanceClasses.FILTER):
+        return {"filter": cql2, "filter_lang": "cql2-json"}
+    if query and client.conforms_to(ConformanceClasses.QUERY):
+        return {"query": query}
     return {}
 
 

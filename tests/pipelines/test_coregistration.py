@@ -103,6 +103,7 @@ def test_real_l2a_tile_through_its_earth_search_item(tmp_path, real_data) -> Non
     reopened = open_stack(path)
     np.testing.assert_array_equal(reopened.reflectance.values, stack.reflectance.values)
     assert reopened.attrs["crs"] == "EPSG:32629"
+    assert reopened.attrs["tiles"] == "29RKH"  # as the patch table's ``tile`` column records it
 
 
 def test_grid_coords_are_pixel_centres() -> None:
