@@ -32,13 +32,12 @@ import numpy as np
 from scipy import ndimage
 
 from matter_model.atomic_io import atomic_write_bytes
+from matter_model.inputs import Normalizer, input_normalizer, standardize
 
 FeatureExtractor = Callable[[np.ndarray], np.ndarray]
 
 DEFAULT_SIGMA = 1.0
 DEFAULT_BINS = 256
-# IQR of a standard normal: dividing by IQR / 1.349 gives a robust, std-like scale.
-_IQR_TO_STD = 1.3489795
 
 
 @dataclass(frozen=True)
@@ -159,27 +158,6 @@ def otsu_threshold(values: np.ndarray, bins: int = DEFAULT_BINS) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
-def standardize(image: np.ndarray, robust: bool = True) -> np.ndarray:
-    """Standardise each band of ``(C, H, W)`` over the image's finite pixels, as float32.
-
-    Robust (default): subtract the median and divide by IQR / 1.349 (a std-like scale that
-    ignores outliers such as clouds); otherwise mean and std. A flat band is only centred.
-    """
-    x = np.asarray(image, dtype=np.float32)
-    out = np.empty_like(x)
-    for c, band in enumerate(x):
-        finite = band[np.isfinite(band)]
-        if finite.size == 0:
-            raise ValueError(f"band {c} has no finite pixel")
-        if robust:
-            q1, centre, q3 = np.percentile(finite, [25, 50, 75])
-            scale = (q3 - q1) / _IQR_TO_STD
-        else:
-            centre, scale = finite.mean(), finite.std()
-        out[c] = (band - centre) / (scale if scale > 0 else 1.0)
-    return out
-
-
 def cva_features(image: np.ndarray) -> np.ndarray:
     """Change vector analysis: the per-image robustly standardised bands are the features.
 
@@ -195,16 +173,14 @@ def model_features(
     device: str = "cpu",
     tile: int = 512,
     margin: int | None = None,
-    normalize: Callable[[np.ndarray], np.ndarray] = standardize,
+    normalize: Normalizer = standardize,
 ) -> FeatureExtractor:
     """A feature extractor running ``model.embed(x, window)`` over a whole image.
 
-    The image is first normalised by ``normalize`` (default: per-image, per-band robust
-    standardisation, because OSCD holds L1C top-of-atmosphere reflectance while pretraining
-    sees L2A surface reflectance patches; pass the training normalisation instead if the model
-    was trained on it). Images larger than ``tile`` are embedded in tiles of ``tile`` pixels
-    plus ``margin`` (default ``2 * window``) of context on each side, of which only the centre
-    is kept, under ``torch.no_grad``.
+    The image is first prepared by ``normalize``, which must be the preparation the model was
+    trained on (``matter_model.inputs.input_normalizer`` of its config). Images larger than
+    ``tile`` are embedded in tiles of ``tile`` pixels plus ``margin`` (default ``2 * window``)
+    of context on each side, of which only the centre is kept, under ``torch.no_grad``.
     """
     import torch
 
@@ -245,7 +221,9 @@ def model_features_from_checkpoint(
     from matter_model.checkpoint import load_model  # imported here: torch model code is heavy
 
     model, config = load_model(checkpoint_path, map_location=device)
-    extractor = model_features(model, window=window, device=device, tile=tile)
+    extractor = model_features(
+        model, window=window, device=device, tile=tile, normalize=input_normalizer(config)
+    )
     return extractor, tuple(config["bands"])
 
 
@@ -366,12 +344,6 @@ def render_change_map(
     return data
 
 
-def as_reflectance(image: np.ndarray) -> np.ndarray:
-    """The identity: the model sees reflectance (DN / 10000) unstandardised, the scale its
-    patch store holds (L2A surface or, for OSCD, L1C top-of-atmosphere reflectance)."""
-    return image
-
-
 def compare_with_baselines(
     model: Any,
     config: dict[str, Any],
@@ -383,6 +355,8 @@ def compare_with_baselines(
     """Every dataset's pairs through a trained MATTER model, the same network untrained (seeded
     from ``config['seed']``), and CVA, side by side: ``{dataset: evaluate_pairs(...)}``.
 
+    Both networks see the images prepared as the model's training patches were
+    (``config['inputs']``, see :mod:`matter_model.inputs`).
     With ``previews``, the trained model's change map of each pair is written there as PNG.
     Both networks run on the trained model's device.
     """
@@ -393,12 +367,11 @@ def compare_with_baselines(
     device = next(model.parameters()).device
     torch.manual_seed(int(config.get("seed", 0)))
     untrained = build_model(config).to(device).eval()
+    prepare = input_normalizer(config)
     methods = {
-        "matter": model_features(
-            model, window=window, device=str(device), normalize=as_reflectance
-        ),
+        "matter": model_features(model, window=window, device=str(device), normalize=prepare),
         "untrained": model_features(
-            untrained, window=window, device=str(device), normalize=as_reflectance
+            untrained, window=window, device=str(device), normalize=prepare
         ),
         "cva": cva_features,
     }

@@ -44,6 +44,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def model_config(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's training config plus ``inputs``: what its training patches held (a
+    ``matter_model.patch_store.VALUES``; reflectance for checkpoints older than the key), so
+    that downstream code feeds the model images prepared the same way."""
+    return {**state["config"], "inputs": state.get("inputs", "reflectance")}
+
+
 def build_model(config: dict[str, Any]) -> Matter:
     """The model a training config describes (``config['model']`` plus ``config['bands']``)."""
     params = dict(config["model"])
@@ -53,9 +60,9 @@ def build_model(config: dict[str, Any]) -> Matter:
 def load_model(
     checkpoint_path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[Matter, dict[str, Any]]:
-    """The trained model (in eval mode) and its training config from a checkpoint."""
+    """The trained model (in eval mode) and its :func:`model_config` from a checkpoint."""
     state = load_checkpoint(checkpoint_path, map_location)
-    config = state["config"]
+    config = model_config(state)
     try:
         model = build_model(config)
         model.load_state_dict(state["model"])

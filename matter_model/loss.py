@@ -30,6 +30,7 @@ def subpatch_info_nce(
     positions: torch.Tensor,
     negative_positions: torch.Tensor,
     temperature: float,
+    subpatch: int,
 ) -> torch.Tensor:
     """InfoNCE of anchor sub-patches against positives, with the batch's other sub-patches.
 
@@ -37,16 +38,21 @@ def subpatch_info_nce(
     ``positions`` (B, P, 2) are shared by anchor and positive (the same place at two dates);
     ``negative_positions`` (B, P, 2) are the negatives' own. Each anchor sub-patch is scored
     against its matched positive sub-patch (the target), every negative-crop sub-patch of the
-    batch and the positive sub-patches of the other crops; the other positive sub-patches of its
-    own crop are left out (they are neither the match nor a different place).
+    batch and every other positive sub-patch that does not overlap it: those of the other crops,
+    and those of its own crop at least ``subpatch`` px away in rows or columns, which show other
+    ground at the other date. The own-crop negatives make the embedding tell apart neighbouring
+    surfaces of one scene, not only scenes, which is what a change map compares. Positive
+    sub-patches that overlap the anchor's share pixels with the target and are left out.
     """
     za = gather(anchor, positions).flatten(0, 1).float()  # (N, E), N = B*P
     zp = gather(positive, positions).flatten(0, 1).float()
     zn = gather(negative, negative_positions).flatten(0, 1).float()
     b, p = positions.shape[:2]
     crop = torch.arange(b, device=za.device).repeat_interleave(p)
-    same_crop = crop[:, None] == crop[None, :]
+    centres = positions.flatten(0, 1).to(za.device)
+    apart = (centres[:, None, :] - centres[None, :, :]).abs().amax(-1)  # Chebyshev distance
+    overlapping = (crop[:, None] == crop[None, :]) & (apart < subpatch)
     matched = torch.eye(b * p, dtype=torch.bool, device=za.device)
-    to_positives = (za @ zp.T).masked_fill(same_crop & ~matched, float("-inf"))
+    to_positives = (za @ zp.T).masked_fill(overlapping & ~matched, float("-inf"))
     logits = torch.cat([to_positives, za @ zn.T], dim=1) / temperature
     return F.cross_entropy(logits, torch.arange(b * p, device=za.device))

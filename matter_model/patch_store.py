@@ -3,12 +3,18 @@
 Layout (format ``matter-patch-store`` version 1)::
 
     <root>/
-      store.json              {"format", "version", "bands", "patch_size", "dtype"}
+      store.json              {"format", "version", "bands", "patch_size", "dtype", "values"}
       shards/<shard_id>/      a zarr v3 group, visible only once complete
-        anchor    (N, C, S, S) float32 surface reflectance, window w at date t_i
+        anchor    (N, C, S, S) float32 (see ``values``), window w at date t_i
         positive  (N, C, S, S) float32, the same window at another date t_j
         negative  (N, C, S, S) float32, another unchanged window
         patches.csv           one row per triplet (region, tile, dates, bbox, CRS, transform, ...)
+
+``values`` says what the numbers are (``VALUES``): ``reflectance`` (DN / 10000, the STAC path's
+L2A surface reflectance) or ``scene-standardised`` (each band of each scene date robustly
+standardised over the whole scene, as the OSCD pretraining store holds them). A model trained on
+a store sees its inputs that way; its checkpoint records it so that evaluation feeds it alike.
+A ``store.json`` without the key (written before it existed) holds reflectance.
 
 Each array is sharded: one file per 64 triplets, one zstd chunk per triplet inside it, so a
 random read decodes only the patch it wants.
@@ -40,6 +46,7 @@ ROLES = ("anchor", "positive", "negative")
 # One file (zarr shard) holds this many triplets of a role; inside it each triplet is its own
 # compressed chunk, so a random read decodes one patch, not its 63 neighbours.
 TRIPLETS_PER_SHARD_FILE = 64
+VALUES = ("reflectance", "scene-standardised")
 
 
 class PatchStoreError(ValueError):
@@ -53,6 +60,11 @@ class StoreInfo:
     bands: tuple[str, ...]
     patch_size: int
     dtype: str = "float32"
+    values: str = "reflectance"
+
+    def __post_init__(self) -> None:
+        if self.values not in VALUES:
+            raise PatchStoreError(f"store values must be one of {VALUES}, not {self.values!r}")
 
     def to_json(self) -> dict:
         return {
@@ -61,6 +73,7 @@ class StoreInfo:
             "bands": list(self.bands),
             "patch_size": self.patch_size,
             "dtype": self.dtype,
+            "values": self.values,
         }
 
 
@@ -78,7 +91,12 @@ def read_info(root: str | Path) -> StoreInfo:
             f"{path} is not a {FORMAT} v{VERSION} store (found {meta.get('format')} "
             f"v{meta.get('version')})"
         )
-    return StoreInfo(tuple(meta["bands"]), int(meta["patch_size"]), meta.get("dtype", "float32"))
+    return StoreInfo(
+        tuple(meta["bands"]),
+        int(meta["patch_size"]),
+        meta.get("dtype", "float32"),
+        meta.get("values", "reflectance"),
+    )
 
 
 def write_shard(
@@ -114,8 +132,9 @@ def write_shard(
         existing = read_info(root)
         if existing != info:
             raise PatchStoreError(
-                f"{root} holds patches with bands {list(existing.bands)} and size "
-                f"{existing.patch_size}; this shard has {list(info.bands)} and {info.patch_size}. "
+                f"{root} holds patches with bands {list(existing.bands)}, size "
+                f"{existing.patch_size} and values {existing.values!r}; this shard has "
+                f"{list(info.bands)}, {info.patch_size} and {info.values!r}. "
                 "Use a new store root or re-tile every partition with the same settings."
             )
     else:

@@ -290,6 +290,7 @@ def _train(
                 "rng": _rng_state(),
                 "config": cfg,
                 "bands": list(cfg["bands"]),
+                "inputs": dataset.info.values,
                 "loss_history": history,
             },
         )
@@ -324,7 +325,13 @@ def _train(
                 _GatherBatches.apply(t) for t in (anchor, positive, negative)
             )
         loss = subpatch_info_nce(
-            anchor, positive, negative, positions, negative_positions, float(cfg["temperature"])
+            anchor,
+            positive,
+            negative,
+            positions,
+            negative_positions,
+            float(cfg["temperature"]),
+            subpatch,
         )
         if not torch.isfinite(loss):
             kept = (

@@ -8,8 +8,12 @@ city (``oscd-<city>``), so a rerun replaces each city whole.
 
 Only cities without a change label are used by default (``test.txt``): the labelled ones are the
 evaluation set and must not be seen in pretraining. The imagery is L1C top-of-atmosphere
-reflectance (DN / 10000), unlike the L2A surface reflectance the STAC path yields, so a store
-built here must not be mixed with one of L2A patches.
+reflectance (DN / 10000), whose gain and offset per band differ between dates with the sun,
+the atmosphere and the season. Each date's bands are therefore robustly standardised over the
+whole city before tiling (``scene-standardised`` values, see :mod:`matter_model.inputs`): the
+positives then differ by local change only, as they do for the change-vector baseline, and the
+checkpoint records it so that evaluation prepares the OSCD cities the same way. Such a store
+must not be mixed with one of reflectance patches (``write_shard`` refuses it).
 
 ``python -m pipelines.oscd_patches --root ../shared/data/oscd --out .demo/oscd/patches``
 """
@@ -25,22 +29,26 @@ import numpy as np
 import xarray as xr
 
 from matter_model.datasets.oscd import MATTER_BANDS, OSCD, OSCDCity, OSCDError
+from matter_model.inputs import standardize
 from pipelines.change_screen import screen_windows
 from pipelines.tiling import StackSource, tile_to_store
 
+SCENE_STANDARDISED = "scene-standardised"
 # Dates missing from a city's dates.txt get these placeholders (the tiling needs two labels).
 _PLACEHOLDER_DATES = ("2000-01-01", "2000-01-02")
 
 
 def city_stack(city: OSCDCity) -> xr.Dataset:
-    """One OSCD city as a two-date stack in the layout the change screen and tiling read."""
+    """One OSCD city as a two-date stack in the layout the change screen and tiling read, each
+    date's bands scene-standardised (the ``reflectance`` variable keeps its name: the layout's)."""
     dates = [str(d) for d in city.dates] if city.dates else list(_PLACEHOLDER_DATES)
     if city.crs.to_epsg() is None:
         raise OSCDError(f"city {city.name!r}: CRS {city.crs} has no EPSG code")
     valid = np.broadcast_to(city.valid, (2, *city.valid.shape)).copy()
+    dates_stack = np.stack([standardize(city.image_1), standardize(city.image_2)])
     return xr.Dataset(
         {
-            "reflectance": (("time", "band", "y", "x"), np.stack([city.image_1, city.image_2])),
+            "reflectance": (("time", "band", "y", "x"), dates_stack),
             "valid": (("time", "y", "x"), valid),
         },
         coords={"time": np.array(dates, dtype="datetime64[ns]"), "band": list(city.bands)},
@@ -91,6 +99,7 @@ def build_oscd_patch_store(
             seed,
             min_valid_fraction,
             min_negative_distance_px,
+            values=SCENE_STANDARDISED,
         ).triplets
         unchanged = int(screen["unchanged"].sum())
         log(f"{name}: {unchanged}/{len(screen)} windows unchanged, {written[name]} triplets")

@@ -28,7 +28,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -195,7 +195,8 @@ class BigEarthNet(Dataset):
 
     ``split`` (train / val / test) keeps the patches of the official split CSV that exist under
     ``root`` (a partial download is fine; none at all is an error); ``None`` takes every patch
-    folder. ``bands`` are read in the order given; ``nomenclature`` is 19 or 43.
+    folder. ``bands`` are read in the order given; ``nomenclature`` is 19 or 43. ``transform``,
+    if given, prepares each image (C, H, W) for the model, e.g. a per-band standardisation.
     """
 
     def __init__(
@@ -205,8 +206,10 @@ class BigEarthNet(Dataset):
         bands: Sequence[str] = DEFAULT_BANDS,
         nomenclature: int = 19,
         split_dir: str | Path | None = None,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.root = Path(root)
+        self.transform = transform
         if not self.root.is_dir():
             raise BigEarthNetError(f"BigEarthNet root {self.root} is not a folder")
         unknown = [b for b in bands if b not in BIGEARTHNET_BANDS]
@@ -236,7 +239,10 @@ class BigEarthNet(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         patch = self.patches[index]
-        return torch.from_numpy(self.read_image(patch)), torch.from_numpy(self.read_target(patch))
+        image = self.read_image(patch)
+        if self.transform is not None:
+            image = self.transform(image)
+        return torch.from_numpy(image), torch.from_numpy(self.read_target(patch))
 
     def read_image(self, patch: str) -> np.ndarray:
         """The patch's ``bands`` on the 10 m 120 x 120 grid, as float32 reflectance."""

@@ -40,6 +40,7 @@ from matter_model.downstream.encoder import (
     set_mode,
     train_epochs,
 )
+from matter_model.inputs import input_normalizer
 from matter_model.matter import Matter
 
 
@@ -138,7 +139,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     log(f"bigearthnet: {source}, bands {list(bands)}, mode {args.mode}, window {window}")
 
     def dataset(split: str) -> BigEarthNet:
-        return BigEarthNet(args.root, split, bands, args.nomenclature, args.split_dir)
+        return BigEarthNet(
+            args.root, split, bands, args.nomenclature, args.split_dir, input_normalizer(config)
+        )
 
     train_set, test_set = dataset(args.train_split), dataset(args.test_split)
     overlap = set(train_set.patches) & set(test_set.patches)

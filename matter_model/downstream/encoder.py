@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from matter_model.checkpoint import build_model, load_checkpoint, load_model
+from matter_model.checkpoint import build_model, load_checkpoint, load_model, model_config
 from matter_model.matter import Matter
 from matter_model.train import load_config
 
@@ -34,7 +34,7 @@ def load_encoder(
     if checkpoint is not None and not untrained:
         model, config = load_model(checkpoint, map_location=device)
         return model, config, f"checkpoint {checkpoint}"
-    config = load_config() if checkpoint is None else load_checkpoint(checkpoint)["config"]
+    config = load_config() if checkpoint is None else model_config(load_checkpoint(checkpoint))
     torch.manual_seed(seed)
     what = "the default config" if checkpoint is None else f"checkpoint {checkpoint}'s config"
     return build_model(config).to(device), config, f"random initialisation of {what}"

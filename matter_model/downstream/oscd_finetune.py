@@ -17,6 +17,7 @@ at 13 bands; the authors' nine bands take less); test cities stream one at a tim
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,15 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from matter_model.change_detection import (
-    ConfusionCounts,
-    as_reflectance,
-    confusion_counts,
-    model_features,
-)
+from matter_model.change_detection import ConfusionCounts, confusion_counts, model_features
 from matter_model.checkpoint import build_model
 from matter_model.datasets.oscd import OSCD, OSCDCity, OSCDError
 from matter_model.downstream.oscd import add_dataset_arguments, names, setup, summary
+from matter_model.inputs import Normalizer, as_reflectance, input_normalizer
 from matter_model.matter import Matter
 
 
@@ -72,7 +69,8 @@ class SiameseChangeNet(nn.Module):
         return self.head((f1 - f2).abs())[:, 0]
 
     def predict(self, city: OSCDCity, device: torch.device) -> np.ndarray:
-        """Change probability (H, W) of a whole city: the encoder tiled, the head on the map."""
+        """Change probability (H, W) of a whole city (its images already prepared for the
+        encoder): the encoder tiled, the head on the map."""
         extract = model_features(
             self.encoder, self.window, device=str(device), normalize=as_reflectance
         )
@@ -183,8 +181,12 @@ def finetune(
     test_cities: Sequence[str],
     args: argparse.Namespace,
     log: Callable[[str], None] = print,
+    prepare: Normalizer = as_reflectance,
 ) -> dict[str, Any]:
-    """Train a Siamese head on each encoder of ``encoders``, test it on ``test_cities``."""
+    """Train a Siamese head on each encoder of ``encoders``, test it on ``test_cities``.
+
+    Both dates of every city are prepared by ``prepare`` (the encoders' training inputs).
+    """
     overlap = sorted(set(train_cities) & set(test_cities))
     if overlap or not train_cities or not test_cities:
         raise OSCDError(
@@ -192,7 +194,14 @@ def finetune(
             f"{list(train_cities)}, test {list(test_cities)}"
         )
     device = torch.device(args.device)
-    train_set = [dataset.load(c, bands, require_label=True) for c in train_cities]
+
+    def load(name: str) -> OSCDCity:
+        city = dataset.load(name, bands, require_label=True)
+        return dataclasses.replace(
+            city, image_1=prepare(city.image_1), image_2=prepare(city.image_2)
+        )
+
+    train_set = [load(c) for c in train_cities]
     report: dict[str, Any] = {
         "train_cities": list(train_cities),
         "test_cities": list(test_cities),
@@ -215,7 +224,7 @@ def finetune(
         )
         per_city, total = {}, ConfusionCounts()
         for city_name in test_cities:
-            city = dataset.load(city_name, bands, require_label=True)
+            city = load(city_name)
             counts = confusion_counts(
                 net.predict(city, device) >= threshold, city.label, city.valid
             )
@@ -247,7 +256,16 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         "root": str(args.root),
         "bands": list(task.bands),
         "window": args.window,
-        **finetune(encoders, task.dataset, task.bands, train_cities, test_cities, args, log),
+        **finetune(
+            encoders,
+            task.dataset,
+            task.bands,
+            train_cities,
+            test_cities,
+            args,
+            log,
+            input_normalizer(task.config),
+        ),
     }
     for name in encoders:
         log(summary(f"fine-tuned {name}", metrics[name]["micro"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from matter_model.patch_store import (
     PatchStoreError,
     StoreInfo,
     TripletDataset,
+    read_info,
     read_patches,
     shard_ids,
     write_shard,
@@ -183,3 +185,19 @@ def test_a_dead_writers_leftovers_are_cleaned_and_a_live_ones_kept(tmp_path) -> 
         f".trash.{host}.{int(dead.stdout)}.1f.c",
     ]
     assert sorted(p.name for p in shards.iterdir()) == [live.name, "a", "c"]
+
+
+def test_values_travel_with_the_store_and_are_never_mixed(tmp_path) -> None:
+    standardised = StoreInfo(INFO.bands, INFO.patch_size, values="scene-standardised")
+    write_shard(tmp_path / "std", "a", standardised, **_shard(2))
+    assert read_info(tmp_path / "std").values == "scene-standardised"
+    with pytest.raises(PatchStoreError, match="values 'scene-standardised'"):
+        write_shard(tmp_path / "std", "b", INFO, **_shard(2))
+    # a store.json written before the key existed holds reflectance
+    write_shard(tmp_path / "old", "a", INFO, **_shard(2))
+    meta = json.loads((tmp_path / "old" / "store.json").read_text())
+    del meta["values"]
+    (tmp_path / "old" / "store.json").write_text(json.dumps(meta))
+    assert read_info(tmp_path / "old").values == "reflectance"
+    with pytest.raises(PatchStoreError, match="values must be one of"):
+        StoreInfo(INFO.bands, INFO.patch_size, values="dn")

@@ -90,6 +90,7 @@ def test_train_end_to_end_and_load_model(store, tmp_path):
     assert (tmp_path / "loss_curve.png").stat().st_size > 0
     model, config = load_model(tmp_path / "checkpoint.pt")
     assert not model.training and config["bands"] == list(DEFAULT_BANDS)
+    assert config["inputs"] == "reflectance"  # what the store's values were
     with torch.no_grad():
         emb = model.embed(torch.rand(1, 9, 16, 16), window=13)
     assert emb.shape == (1, 8, 16, 16)

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from matter_model.datasets.oscd import MATTER_BANDS, OSCDError
+from matter_model.datasets.oscd import MATTER_BANDS, OSCD, OSCDError
+from matter_model.inputs import standardize
 from matter_model.patch_store import TripletDataset, read_info, read_patches, shard_ids
-from pipelines.oscd_patches import build_oscd_patch_store
+from pipelines.oscd_patches import build_oscd_patch_store, city_stack
 from tests.conftest import REAL_DATA
 from tests.matter_model.oscd_fixtures import make_city, make_release
 
@@ -28,6 +29,7 @@ def test_unlabelled_cities_become_one_shard_each_and_reruns_replace_them(tmp_pat
     assert set(table["anchor_date"]) | set(table["positive_date"]) == {"2016-01-20", "2018-03-28"}
     triplet = TripletDataset(store)[0]
     assert triplet["anchor"].shape == (9, 8, 8) and np.isfinite(triplet["anchor"].numpy()).all()
+    assert read_info(store).values == "scene-standardised"
     assert build_oscd_patch_store(release, store, **options) == written
     assert shard_ids(store) == ["oscd-nolabel"]
 
@@ -45,4 +47,14 @@ def test_real_unlabelled_city(tmp_path: Path) -> None:
     written = build_oscd_patch_store(REAL_ROOT, tmp_path, ["rio"], log=lambda _: None)
     assert written["rio"] > 0
     anchor = TripletDataset(tmp_path)[0]["anchor"].numpy()
-    assert anchor.shape == (9, 32, 32) and 0 < np.median(anchor) < 1  # reflectance, not DN
+    assert anchor.shape == (9, 32, 32) and read_info(tmp_path).values == "scene-standardised"
+    # robust z-scores of the scene: about unit spread, neither DN nor reflectance
+    assert 0.1 < np.subtract(*np.percentile(anchor, [75, 25])) < 10
+
+
+def test_city_stack_standardises_each_date_over_the_scene(tmp_path: Path) -> None:
+    city = OSCD(make_release(tmp_path / "oscd")).load("nolabel")
+    stack = city_stack(city)["reflectance"].values
+    for date, image in enumerate((city.image_1, city.image_2)):
+        np.testing.assert_allclose(stack[date], standardize(image))
+    np.testing.assert_allclose(np.median(stack, axis=(2, 3)), 0, atol=1e-5)

@@ -1,0 +1,65 @@
+"""How an image is prepared for a model: the values its training patches held.
+
+A patch store says what its numbers are (``matter_model.patch_store.VALUES``) and a checkpoint
+records it as ``inputs``, so that every downstream task feeds the model images on that scale:
+
+- ``reflectance``: DN / 10000 as read (L2A surface or, for OSCD, L1C top-of-atmosphere);
+- ``scene-standardised``: each band of the whole image robustly standardised (median, IQR).
+  Between two dates of one place this removes a global gain and offset per band (sun angle,
+  atmosphere, L1C against L2A), which the OSCD pretraining store relies on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+Normalizer = Callable[[np.ndarray], np.ndarray]
+
+# IQR of a standard normal: dividing by IQR / 1.349 gives a robust, std-like scale.
+_IQR_TO_STD = 1.3489795
+
+
+def standardize(image: np.ndarray, robust: bool = True) -> np.ndarray:
+    """Standardise each band of ``(C, H, W)`` over the image's finite pixels, as float32.
+
+    Robust (default): subtract the median and divide by IQR / 1.349 (a std-like scale that
+    ignores outliers such as clouds); otherwise mean and std. A flat band is only centred.
+    """
+    x = np.asarray(image, dtype=np.float32)
+    out = np.empty_like(x)
+    for c, band in enumerate(x):
+        finite = band[np.isfinite(band)]
+        if finite.size == 0:
+            raise ValueError(f"band {c} has no finite pixel")
+        if robust:
+            q1, centre, q3 = np.percentile(finite, [25, 50, 75])
+            scale = (q3 - q1) / _IQR_TO_STD
+        else:
+            centre, scale = finite.mean(), finite.std()
+        out[c] = (band - centre) / (scale if scale > 0 else 1.0)
+    return out
+
+
+def as_reflectance(image: np.ndarray) -> np.ndarray:
+    """The identity: reflectance (DN / 10000) as read."""
+    return image
+
+
+NORMALIZERS: dict[str, Normalizer] = {
+    "reflectance": as_reflectance,
+    "scene-standardised": standardize,
+}
+
+
+def input_normalizer(config: Mapping[str, Any]) -> Normalizer:
+    """The preparation a model's config asks for (``config['inputs']``; reflectance if absent)."""
+    inputs = config.get("inputs", "reflectance")
+    try:
+        return NORMALIZERS[inputs]
+    except KeyError:
+        raise ValueError(
+            f"the checkpoint's inputs are {inputs!r}; this version knows {sorted(NORMALIZERS)}"
+        ) from None

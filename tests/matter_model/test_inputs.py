@@ -1,0 +1,32 @@
+"""Image preparation: what a checkpoint's training patches held decides what evaluation feeds."""
+
+import numpy as np
+import pytest
+
+from matter_model.inputs import NORMALIZERS, as_reflectance, input_normalizer, standardize
+from matter_model.patch_store import VALUES
+
+
+def test_every_store_value_has_a_preparation():
+    assert set(NORMALIZERS) == set(VALUES)
+    assert input_normalizer({}) is as_reflectance  # checkpoints older than the key
+    assert input_normalizer({"inputs": "scene-standardised"}) is standardize
+    with pytest.raises(ValueError, match="'dn'.*knows"):
+        input_normalizer({"inputs": "dn"})
+
+
+def test_scene_standardisation_removes_a_gain_and_offset_per_band():
+    rng = np.random.default_rng(0)
+    image = rng.gamma(2.0, 0.05, size=(3, 40, 50)).astype(np.float32)
+    brighter = image * np.array([1.3, 0.8, 1.1], np.float32)[:, None, None] + 0.02
+    np.testing.assert_allclose(standardize(image), standardize(brighter), atol=1e-4)
+
+
+def test_standardize_is_robust_and_per_band() -> None:
+    rng = np.random.default_rng(2)
+    image = rng.normal(5, 2, (2, 50, 50)).astype(np.float32)
+    image[1] *= 100
+    image[0, 0, :5] = 1e6  # outliers barely move median / IQR
+    z = standardize(image)
+    assert np.abs(np.median(z, axis=(1, 2))).max() < 0.05
+    assert np.all(np.abs(np.subtract(*np.percentile(z, [75, 25], axis=(1, 2))) - 1.349) < 0.1)
