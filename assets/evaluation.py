@@ -67,6 +67,8 @@ def change_detection_eval(
             "precision": r["micro"]["precision"],
             "recall": r["micro"]["recall"],
             "f1": r["micro"]["f1"],
+            "auc": r["macro"]["auc"],
+            "average_precision": r["macro"]["average_precision"],
         }
         for dataset, by_method in results.items()
         for method, r in by_method.items()

@@ -109,12 +109,14 @@ class ConfusionCounts:
 
 @dataclass(frozen=True)
 class ChangeResult:
-    """One method's output on one pair: smoothed score map, threshold, prediction, counts."""
+    """One method's output on one pair: smoothed score map, threshold, prediction, counts, and
+    the score's :func:`ranking_quality` over the valid pixels."""
 
     distance: np.ndarray
     threshold: float
     prediction: np.ndarray
     counts: ConfusionCounts
+    ranking: dict[str, float | None]
 
 
 def confusion_counts(
@@ -132,6 +134,35 @@ def confusion_counts(
     fp = int(np.count_nonzero(pred & ~true))
     fn = int(np.count_nonzero(~pred & true))
     return ConfusionCounts(tp, fp, fn, int(pred.size) - tp - fp - fn)
+
+
+def ranking_quality(score: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
+    """Threshold-free quality of a change score: ROC AUC and average precision of the change
+    class (None when the truth holds one class only: JSON null, not NaN).
+
+    They separate how well the features rank change from how well Otsu then cuts: a score can
+    rank better and still lose F1 when its distribution gives Otsu no long tail to split off.
+    Ties share their average rank (AUC) and one precision step (average precision), as in
+    scikit-learn's ``roc_auc_score`` and ``average_precision_score``.
+    """
+    from scipy.stats import rankdata
+
+    s = np.asarray(score, dtype=np.float64).ravel()
+    t = np.asarray(truth, dtype=bool).ravel()
+    positives = int(t.sum())
+    negatives = t.size - positives
+    if positives == 0 or negatives == 0:
+        return {"auc": None, "average_precision": None}
+    ranks = rankdata(s)
+    auc = (ranks[t].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    order = np.argsort(-s, kind="stable")
+    hits = np.cumsum(t[order])
+    # the last index of each run of equal scores: one threshold per distinct score
+    cut = np.flatnonzero(np.diff(s[order], append=-np.inf))
+    tp = hits[cut]
+    precision = tp / (cut + 1)
+    recall_step = np.diff(tp, prepend=0) / positives
+    return {"auc": float(auc), "average_precision": float(np.sum(recall_step * precision))}
 
 
 def otsu_threshold(values: np.ndarray, bins: int = DEFAULT_BINS) -> float:
@@ -251,7 +282,11 @@ def detect_changes(
     threshold = otsu_threshold(distance[valid], bins=bins)
     prediction = (distance > threshold) & valid
     return ChangeResult(
-        distance, threshold, prediction, confusion_counts(prediction, pair.truth, valid)
+        distance,
+        threshold,
+        prediction,
+        confusion_counts(prediction, pair.truth, valid),
+        ranking_quality(distance[valid], pair.truth[valid]),
     )
 
 
@@ -264,12 +299,14 @@ def evaluate_pairs(
 ) -> dict[str, dict[str, Any]]:
     """Run every method on every pair (one pass over ``pairs``, so they may stream).
 
-    Returns ``{method: {"per_pair": {name: {precision, recall, f1, threshold, tp, fp, fn, tn}},
-    "micro": {precision, recall, f1, tp, fp, fn, tn}}}``; micro figures come from the counts
-    summed over all pairs. ``on_result(method, pair, result)`` sees each result (e.g. to render
-    a preview) before it is dropped.
+    Returns ``{method: {"per_pair": {name: {precision, recall, f1, threshold, tp, fp, fn, tn,
+    auc, average_precision}}, "micro": {precision, recall, f1, tp, fp, fn, tn}, "macro": {auc,
+    average_precision}}}``; micro figures come from the counts summed over all pairs, macro
+    figures are the means over the pairs whose truth has both classes.
+    ``on_result(method, pair, result)`` sees each result (e.g. to render a preview) before it
+    is dropped.
     """
-    per_pair: dict[str, dict[str, dict[str, float | int]]] = {m: {} for m in methods}
+    per_pair: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods}
     totals = {m: ConfusionCounts() for m in methods}
     for pair in pairs:
         for method, extractor in methods.items():
@@ -279,11 +316,24 @@ def evaluate_pairs(
             per_pair[method][pair.name] = {
                 **result.counts.as_dict(),
                 "threshold": result.threshold,
+                **result.ranking,
             }
             totals[method] = totals[method] + result.counts
             if on_result is not None:
                 on_result(method, pair, result)
-    return {m: {"per_pair": per_pair[m], "micro": totals[m].as_dict()} for m in methods}
+    return {
+        m: {"per_pair": per_pair[m], "micro": totals[m].as_dict(), "macro": _macro(per_pair[m])}
+        for m in methods
+    }
+
+
+def _macro(per_pair: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Means of the ranking figures over the pairs that have them (None when none has)."""
+    out: dict[str, float | None] = {}
+    for key in ("auc", "average_precision"):
+        values = [r[key] for r in per_pair.values() if r[key] is not None]
+        out[key] = float(np.mean(values)) if values else None
+    return out
 
 
 def rgb_preview(image: np.ndarray, rgb: tuple[int, int, int] = (2, 1, 0)) -> np.ndarray:

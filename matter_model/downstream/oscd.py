@@ -92,13 +92,16 @@ def check_bands(
     )
 
 
-def summary(name: str, micro: dict[str, Any]) -> str:
-    """One line of micro precision, recall and F1."""
-    return f"  {name:22s} P {micro['precision']:.4f} R {micro['recall']:.4f} F1 {micro['f1']:.4f}"
+def summary(name: str, micro: dict[str, Any], macro: dict[str, Any] | None = None) -> str:
+    """One line of micro precision, recall and F1 (and the mean ranking figures, if given)."""
+    line = f"  {name:22s} P {micro['precision']:.4f} R {micro['recall']:.4f} F1 {micro['f1']:.4f}"
+    if macro and macro["auc"] is not None:
+        line += f" | AUC {macro['auc']:.4f} AP {macro['average_precision']:.4f}"
+    return line
 
 
 def _per_city(results: dict[str, Any]) -> dict[str, Any]:
-    return {"per_city": results["per_pair"], "micro": results["micro"]}
+    return {"per_city": results["per_pair"], "micro": results["micro"], "macro": results["macro"]}
 
 
 def unsupervised(
@@ -139,5 +142,5 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         ),
     }
     for method in METHODS:
-        log(summary(method, metrics[method]["micro"]))
+        log(summary(method, metrics[method]["micro"], metrics[method]["macro"]))
     return metrics

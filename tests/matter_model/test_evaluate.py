@@ -94,8 +94,12 @@ def test_oscd_unsupervised_metrics(release: Path, checkpoint: Path, tmp_path: Pa
         assert all(np.isfinite(c["threshold"]) for c in metrics[method]["per_city"].values())
         total = sum(c["tp"] + c["fn"] for c in metrics[method]["per_city"].values())
         assert total == 3 * 12 * 14  # every planted change pixel is counted once
-    # The planted change is bright in every band: CVA with Otsu finds it.
-    assert metrics["cva"]["micro"]["f1"] > 0.8
+        macro = metrics[method]["macro"]
+        cities = metrics[method]["per_city"].values()
+        assert macro["auc"] == pytest.approx(np.mean([c["auc"] for c in cities]))
+        assert 0.0 <= macro["average_precision"] <= 1.0
+    # The planted change is bright in every band: CVA with Otsu finds it, and ranks it first.
+    assert metrics["cva"]["micro"]["f1"] > 0.8 and metrics["cva"]["macro"]["auc"] > 0.95
     assert sorted(p.name for p in maps.iterdir()) == [f"{c}.png" for c in labelled]
 
 
