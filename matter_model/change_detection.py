@@ -30,9 +30,10 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
+from scipy.stats import rankdata
 
 from matter_model.atomic_io import atomic_write_bytes
-from matter_model.inputs import Normalizer, input_normalizer, standardize
+from matter_model.inputs import Normalizer, as_reflectance, input_normalizer, standardize
 
 FeatureExtractor = Callable[[np.ndarray], np.ndarray]
 
@@ -145,8 +146,6 @@ def ranking_quality(score: np.ndarray, truth: np.ndarray) -> dict[str, float | N
     Ties share their average rank (AUC) and one precision step (average precision), as in
     scikit-learn's ``roc_auc_score`` and ``average_precision_score``.
     """
-    from scipy.stats import rankdata
-
     s = np.asarray(score, dtype=np.float64).ravel()
     t = np.asarray(truth, dtype=bool).ravel()
     positives = int(t.sum())
@@ -204,12 +203,13 @@ def model_features(
     device: str = "cpu",
     tile: int = 512,
     margin: int | None = None,
-    normalize: Normalizer = standardize,
+    normalize: Normalizer = as_reflectance,
 ) -> FeatureExtractor:
     """A feature extractor running ``model.embed(x, window)`` over a whole image.
 
     The image is first prepared by ``normalize``, which must be the preparation the model was
-    trained on (``matter_model.inputs.input_normalizer`` of its config). Images larger than
+    trained on (``matter_model.inputs.input_normalizer`` of its config; reflectance, as read,
+    by default). Images larger than
     ``tile`` are embedded in tiles of ``tile`` pixels plus ``margin`` (default ``2 * window``)
     of context on each side, of which only the centre is kept, under ``torch.no_grad``.
     """

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from matter_model.inputs import REFLECTANCE
 from matter_model.matter import Matter, create_model
 
 
@@ -46,9 +47,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def model_config(state: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's training config plus ``inputs``: what its training patches held (a
-    ``matter_model.patch_store.VALUES``; reflectance for checkpoints older than the key), so
+    ``matter_model.inputs.VALUES``; reflectance for checkpoints older than the key), so
     that downstream code feeds the model images prepared the same way."""
-    return {**state["config"], "inputs": state.get("inputs", "reflectance")}
+    return {**state["config"], "inputs": state.get("inputs", REFLECTANCE)}
 
 
 def build_model(config: dict[str, Any]) -> Matter:

@@ -1,6 +1,6 @@
 """How an image is prepared for a model: the values its training patches held.
 
-A patch store says what its numbers are (``matter_model.patch_store.VALUES``) and a checkpoint
+A patch store says what its numbers are (:data:`VALUES`) and a checkpoint
 records it as ``inputs``, so that every downstream task feeds the model images on that scale:
 
 - ``reflectance``: DN / 10000 as read (L2A surface or, for OSCD, L1C top-of-atmosphere);
@@ -17,6 +17,10 @@ from typing import Any
 import numpy as np
 
 Normalizer = Callable[[np.ndarray], np.ndarray]
+
+REFLECTANCE = "reflectance"
+SCENE_STANDARDISED = "scene-standardised"
+VALUES = (REFLECTANCE, SCENE_STANDARDISED)  # what a patch store's numbers can be
 
 # IQR of a standard normal: dividing by IQR / 1.349 gives a robust, std-like scale.
 _IQR_TO_STD = 1.3489795
@@ -48,15 +52,12 @@ def as_reflectance(image: np.ndarray) -> np.ndarray:
     return image
 
 
-NORMALIZERS: dict[str, Normalizer] = {
-    "reflectance": as_reflectance,
-    "scene-standardised": standardize,
-}
+NORMALIZERS: dict[str, Normalizer] = {REFLECTANCE: as_reflectance, SCENE_STANDARDISED: standardize}
 
 
 def input_normalizer(config: Mapping[str, Any]) -> Normalizer:
     """The preparation a model's config asks for (``config['inputs']``; reflectance if absent)."""
-    inputs = config.get("inputs", "reflectance")
+    inputs = config.get("inputs", REFLECTANCE)
     try:
         return NORMALIZERS[inputs]
     except KeyError:

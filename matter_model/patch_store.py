@@ -10,11 +10,12 @@ Layout (format ``matter-patch-store`` version 1)::
         negative  (N, C, S, S) float32, another unchanged window
         patches.csv           one row per triplet (region, tile, dates, bbox, CRS, transform, ...)
 
-``values`` says what the numbers are (``VALUES``): ``reflectance`` (DN / 10000, the STAC path's
-L2A surface reflectance) or ``scene-standardised`` (each band of each scene date robustly
-standardised over the whole scene, as the OSCD pretraining store holds them). A model trained on
-a store sees its inputs that way; its checkpoint records it so that evaluation feeds it alike.
-A ``store.json`` without the key (written before it existed) holds reflectance.
+``values`` says what the numbers are (``matter_model.inputs.VALUES``): ``reflectance``
+(DN / 10000, the STAC path's L2A surface reflectance) or ``scene-standardised`` (each band of
+each scene date robustly standardised over the whole scene, as the OSCD pretraining store holds
+them). A model trained on a store sees its inputs that way; its checkpoint records it so that
+evaluation feeds it alike. A ``store.json`` without the key (written before it existed) holds
+reflectance.
 
 Each array is sharded: one file per 64 triplets, one zstd chunk per triplet inside it, so a
 random read decodes only the patch it wants.
@@ -39,6 +40,7 @@ import zarr
 from torch.utils.data import Dataset
 
 from matter_model.atomic_io import atomic_directory, atomic_write_text
+from matter_model.inputs import REFLECTANCE, VALUES
 
 FORMAT = "matter-patch-store"
 VERSION = 1
@@ -46,7 +48,6 @@ ROLES = ("anchor", "positive", "negative")
 # One file (zarr shard) holds this many triplets of a role; inside it each triplet is its own
 # compressed chunk, so a random read decodes one patch, not its 63 neighbours.
 TRIPLETS_PER_SHARD_FILE = 64
-VALUES = ("reflectance", "scene-standardised")
 
 
 class PatchStoreError(ValueError):
@@ -60,7 +61,7 @@ class StoreInfo:
     bands: tuple[str, ...]
     patch_size: int
     dtype: str = "float32"
-    values: str = "reflectance"
+    values: str = REFLECTANCE
 
     def __post_init__(self) -> None:
         if self.values not in VALUES:
@@ -95,7 +96,7 @@ def read_info(root: str | Path) -> StoreInfo:
         tuple(meta["bands"]),
         int(meta["patch_size"]),
         meta.get("dtype", "float32"),
-        meta.get("values", "reflectance"),
+        meta.get("values", REFLECTANCE),
     )
 
 

@@ -29,11 +29,10 @@ import numpy as np
 import xarray as xr
 
 from matter_model.datasets.oscd import MATTER_BANDS, OSCD, OSCDCity, OSCDError
-from matter_model.inputs import standardize
+from matter_model.inputs import SCENE_STANDARDISED, standardize
 from pipelines.change_screen import screen_windows
 from pipelines.tiling import StackSource, tile_to_store
 
-SCENE_STANDARDISED = "scene-standardised"
 # Dates missing from a city's dates.txt get these placeholders (the tiling needs two labels).
 _PLACEHOLDER_DATES = ("2000-01-01", "2000-01-02")
 

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from matter_model.inputs import REFLECTANCE
 from matter_model.patch_store import StoreInfo, write_shard
 from pipelines.coregistration import Grid, stack_grid
 
@@ -406,7 +407,7 @@ def tile_to_store(
     max_pairs_per_window: int | None = None,
     strip_rows: int | None = None,
     negative_pool: NegativePool | None = None,
-    values: str = "reflectance",
+    values: str = REFLECTANCE,
 ) -> TilingResult:
     """Cut the triplets of ``screen``'s unchanged windows from ``source`` into the patch store.
 
@@ -417,7 +418,7 @@ def tile_to_store(
     rerun with another ``strip_rows`` leaves the old shards in place, so give it a new ``shard_id``.
     An empty plan still writes an empty shard (a valid, empty store for an all-cloudy region).
     With ``negative_pool``, negatives come from another region's unchanged windows.
-    ``values`` names what the source's pixels are (a ``matter_model.patch_store.VALUES``).
+    ``values`` names what the source's pixels are (a ``matter_model.inputs.VALUES``).
     """
     if strip_rows is not None and strip_rows < 1:
         raise ValueError(f"strip_rows must be at least 1 window row, got {strip_rows}")

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from matter_model.inputs import NORMALIZERS, as_reflectance, input_normalizer, standardize
-from matter_model.patch_store import VALUES
+from matter_model.inputs import NORMALIZERS, VALUES, as_reflectance, input_normalizer, standardize
 
 
 def test_every_store_value_has_a_preparation():
