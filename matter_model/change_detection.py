@@ -8,9 +8,9 @@ For a pair of co-registered images of one place at two dates:
 4. Otsu's threshold, computed over the valid pixels of that pair alone, splits it:
    change = score > threshold.
 
-Precision, recall and F1 are those of the CHANGE class. They are kept as confusion counts so that
-per-pair figures and the micro figures (counts summed over every valid pixel of every pair, as
-the authors report them) come from the same code.
+Precision, recall and F1 are those of the CHANGE class, kept as :mod:`matter_model.metrics`
+counts so that per-pair figures and the micro figures (counts summed over every valid pixel of
+every pair, as the authors report them) come from the same code.
 
 The authors' release names the 13 x 13 window, the Gaussian smoothing and Otsu, but not the
 Gaussian's width: ``DEFAULT_SIGMA = 1.0`` is this project's choice.
@@ -34,6 +34,7 @@ from scipy.stats import rankdata
 
 from matter_model.atomic_io import atomic_write_bytes
 from matter_model.inputs import Normalizer, as_reflectance, input_normalizer, standardize
+from matter_model.metrics import ConfusionCounts, confusion_counts
 
 FeatureExtractor = Callable[[np.ndarray], np.ndarray]
 
@@ -65,50 +66,6 @@ class ChangePair:
 
 
 @dataclass(frozen=True)
-class ConfusionCounts:
-    """Confusion counts of a positive class (change pixels, matched buildings); ``+`` sums
-    them (micro averaging)."""
-
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
-    tn: int = 0
-
-    def __add__(self, other: ConfusionCounts) -> ConfusionCounts:
-        return ConfusionCounts(
-            self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn
-        )
-
-    @property
-    def precision(self) -> float:
-        """tp / (tp + fp); 0 when nothing was predicted as change."""
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
-
-    @property
-    def recall(self) -> float:
-        """tp / (tp + fn); 0 when the truth holds no change."""
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
-
-    @property
-    def f1(self) -> float:
-        """Harmonic mean of precision and recall; 0 when both are 0."""
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p + r else 0.0
-
-    def as_dict(self) -> dict[str, float | int]:
-        """Precision, recall, F1 and the four counts, as plain Python numbers."""
-        return {
-            "precision": self.precision,
-            "recall": self.recall,
-            "f1": self.f1,
-            "tp": self.tp,
-            "fp": self.fp,
-            "fn": self.fn,
-            "tn": self.tn,
-        }
-
-
-@dataclass(frozen=True)
 class ChangeResult:
     """One method's output on one pair: smoothed score map, threshold, prediction, counts, and
     the score's :func:`ranking_quality` over the valid pixels."""
@@ -118,23 +75,6 @@ class ChangeResult:
     prediction: np.ndarray
     counts: ConfusionCounts
     ranking: dict[str, float | None]
-
-
-def confusion_counts(
-    prediction: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None
-) -> ConfusionCounts:
-    """Count tp / fp / fn / tn of the change class over the valid pixels (all when ``None``)."""
-    pred = np.asarray(prediction, dtype=bool)
-    true = np.asarray(truth, dtype=bool)
-    if pred.shape != true.shape:
-        raise ValueError(f"prediction {pred.shape} and truth {true.shape} differ in shape")
-    if valid is not None:
-        keep = np.asarray(valid, dtype=bool)
-        pred, true = pred[keep], true[keep]
-    tp = int(np.count_nonzero(pred & true))
-    fp = int(np.count_nonzero(pred & ~true))
-    fn = int(np.count_nonzero(~pred & true))
-    return ConfusionCounts(tp, fp, fn, int(pred.size) - tp - fp - fn)
 
 
 def ranking_quality(score: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:

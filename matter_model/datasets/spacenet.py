@@ -42,7 +42,7 @@ from rasterio.warp import transform_geom
 from shapely.geometry import box, shape
 from torch.utils.data import Dataset
 
-from matter_model.change_detection import ConfusionCounts
+from matter_model.metrics import MatchCounts
 
 MIN_AREA_PX = 20.0
 IOU_THRESHOLD = 0.5
@@ -124,7 +124,7 @@ def match_buildings(
     confidences: Sequence[float] | None = None,
     iou_threshold: float = IOU_THRESHOLD,
     min_area: float = MIN_AREA_PX,
-) -> ConfusionCounts:
+) -> MatchCounts:
     """SpaceNet matching of one image's proposal polygons against its truth polygons."""
     remaining = [_valid(t) for t in truth if t.area >= min_area]
     kept = [(i, _valid(p)) for i, p in enumerate(proposals) if p.area > min_area]
@@ -147,7 +147,7 @@ def match_buildings(
             tp += 1
         else:
             fp += 1
-    return ConfusionCounts(tp, fp, int(alive.sum()))
+    return MatchCounts(tp, fp, int(alive.sum()))
 
 
 def read_solution_csv(path: str | Path) -> dict[str, list[tuple[Any, float]]]:
@@ -171,9 +171,7 @@ def read_solution_csv(path: str | Path) -> dict[str, list[tuple[Any, float]]]:
     return images
 
 
-def score_solution_csv(
-    truth_csv: str | Path, proposal_csv: str | Path
-) -> dict[str, ConfusionCounts]:
+def score_solution_csv(truth_csv: str | Path, proposal_csv: str | Path) -> dict[str, MatchCounts]:
     """SpaceNet counts per image id (every id of either file) for a truth and a proposal CSV."""
     truth, proposals = read_solution_csv(truth_csv), read_solution_csv(proposal_csv)
     scores = {}

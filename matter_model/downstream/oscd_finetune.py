@@ -27,12 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from matter_model.change_detection import ConfusionCounts, confusion_counts, model_features
+from matter_model.change_detection import model_features
 from matter_model.checkpoint import build_model
 from matter_model.datasets.oscd import OSCD, OSCDCity, OSCDError
 from matter_model.downstream.oscd import add_dataset_arguments, names, setup, summary
 from matter_model.inputs import Normalizer, as_reflectance, input_normalizer
 from matter_model.matter import Matter
+from matter_model.metrics import ConfusionCounts, confusion_counts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from matter_model.change_detection import ConfusionCounts
 from matter_model.datasets.spacenet import (
     SpaceNetTiles,
     default_label_dir,
@@ -55,6 +54,7 @@ from matter_model.downstream.encoder import (
     train_epochs,
 )
 from matter_model.matter import Matter
+from matter_model.metrics import MatchCounts
 
 
 class SegmentationHead(nn.Module):
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     )
 
     segmenter.eval()
-    counts, intersection, union = ConfusionCounts(), 0, 0
+    counts, intersection, union = MatchCounts(), 0, 0
     start = time.perf_counter()
     with torch.no_grad():
         for x, mask, index in DataLoader(Subset(dataset, test_idx), **loaders):

@@ -10,9 +10,7 @@ import torch
 
 from matter_model.change_detection import (
     ChangePair,
-    ConfusionCounts,
     compare_with_baselines,
-    confusion_counts,
     cva_features,
     detect_changes,
     evaluate_pairs,
@@ -21,6 +19,7 @@ from matter_model.change_detection import (
     ranking_quality,
     render_change_map,
 )
+from matter_model.metrics import ConfusionCounts
 from tests.conftest import REAL_DATA
 
 REAL_ROOT = REAL_DATA / "oscd"
@@ -56,20 +55,6 @@ def test_otsu_ignores_non_finite_and_handles_constant() -> None:
     assert otsu_threshold(np.array([3.0, 3.0, np.nan])) == 3.0
     with pytest.raises(ValueError, match="empty"):
         otsu_threshold(np.array([np.nan]))
-
-
-def test_counts_and_scores_by_hand() -> None:
-    truth = np.array([[1, 1, 0, 0], [1, 0, 0, 0]], dtype=bool)
-    pred = np.array([[1, 0, 1, 0], [1, 0, 0, 1]], dtype=bool)
-    counts = confusion_counts(pred, truth)
-    assert counts == ConfusionCounts(tp=2, fp=2, fn=1, tn=3)
-    assert counts.precision == pytest.approx(0.5)
-    assert counts.recall == pytest.approx(2 / 3)
-    assert counts.f1 == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
-    valid = np.ones_like(truth)
-    valid[1, 3] = False  # drops one false positive
-    assert confusion_counts(pred, truth, valid) == ConfusionCounts(tp=2, fp=1, fn=1, tn=3)
-    assert ConfusionCounts().f1 == 0.0 and ConfusionCounts(fn=3).precision == 0.0
 
 
 def _synthetic_pair(name: str, seed: int, gain: float = 1.3) -> ChangePair:

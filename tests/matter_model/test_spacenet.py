@@ -13,7 +13,6 @@ import rasterio
 import torch
 from shapely.geometry import box
 
-from matter_model.change_detection import ConfusionCounts
 from matter_model.datasets.spacenet import (
     SpaceNetError,
     SpaceNetTiles,
@@ -30,6 +29,7 @@ from matter_model.downstream import spacenet as task
 from matter_model.downstream.encoder import adapt_input_bands
 from matter_model.downstream.spacenet import split_tiles
 from matter_model.matter import Matter
+from matter_model.metrics import MatchCounts
 from tests.matter_model.bigearthnet_fixtures import write_tiny_checkpoint
 from tests.matter_model.spacenet_fixtures import AOI, BUILDINGS, make_aoi, planted_mask
 
@@ -67,13 +67,13 @@ def test_matching_is_one_to_one_strictly_above_half_and_by_confidence() -> None:
     truth = [box(0, 0, 10, 10)]
     # Two proposals on one building: one match, one false positive; the confident one wins.
     loose, tight = box(0, 0, 10, 12), box(0, 0, 10, 11)
-    assert match_buildings(truth, [loose, tight], [0.9, 0.1]) == ConfusionCounts(1, 1, 0)
+    assert match_buildings(truth, [loose, tight], [0.9, 0.1]) == MatchCounts(1, 1, 0)
     # IoU exactly 0.5 is not a match (strictly greater, as SpaceNet scores).
     half = box(0, 0, 10, 20)
-    assert match_buildings(truth, [half]) == ConfusionCounts(0, 1, 1)
+    assert match_buildings(truth, [half]) == MatchCounts(0, 1, 1)
     # Truth under 20 px^2 and proposals of 20 px^2 or less are ignored.
-    assert match_buildings([box(0, 0, 4, 4)], [box(0, 0, 4, 5)]) == ConfusionCounts(0, 0, 0)
-    counts = ConfusionCounts(3, 1, 2) + ConfusionCounts(1, 0, 0)
+    assert match_buildings([box(0, 0, 4, 4)], [box(0, 0, 4, 5)]) == MatchCounts(0, 0, 0)
+    counts = MatchCounts(3, 1, 2) + MatchCounts(1, 0, 0)
     assert counts.as_dict()["f1"] == pytest.approx(2 * (4 / 5) * (4 / 6) / (4 / 5 + 4 / 6))
 
 
@@ -99,7 +99,7 @@ def test_real_chip_mask_matches_its_footprints(real_data) -> None:
     area = sum(p.area for p in truth)
     assert abs(mask.sum() - area) < 0.01 * area
     # Vectorising the mask again finds every building at IoU > 0.5.
-    assert match_buildings(truth, mask_to_polygons(mask)) == ConfusionCounts(43, 0, 0)
+    assert match_buildings(truth, mask_to_polygons(mask)) == MatchCounts(43, 0, 0)
 
 
 # --- the reader on fixtures ------------------------------------------------------------------
