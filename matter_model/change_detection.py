@@ -17,7 +17,7 @@ Gaussian's width: ``DEFAULT_SIGMA = 1.0`` is this project's choice.
 
 Feature extractors are plain callables ``(image (C, H, W) float32) -> (E, H, W)``:
 :func:`cva_features` (change vector analysis on per-image standardised bands) and
-:func:`model_features` (dense embeddings of a MATTER model).
+:func:`model_features` (dense surface residuals or embeddings of a MATTER model).
 """
 
 from __future__ import annotations
@@ -40,6 +40,12 @@ FeatureExtractor = Callable[[np.ndarray], np.ndarray]
 
 DEFAULT_SIGMA = 1.0
 DEFAULT_BINS = 256
+# What a MATTER network gives a change map, by name: the method of the model that computes it.
+# "residual" (the default for change maps): the window's un-normalised surface residuals, as the
+# authors' surface encoding outputs them; "embedding": the unit-length embedding trained by the
+# InfoNCE loss, whose distances lie in [0, 2] without the long tail Otsu needs.
+MODEL_OUTPUTS = {"residual": "surface_residuals", "embedding": "embed"}
+DEFAULT_OUTPUT = "residual"
 
 
 @dataclass(frozen=True)
@@ -144,8 +150,10 @@ def model_features(
     tile: int = 512,
     margin: int | None = None,
     normalize: Normalizer = as_reflectance,
+    output: str = "embedding",
 ) -> FeatureExtractor:
-    """A feature extractor running ``model.embed(x, window)`` over a whole image.
+    """A feature extractor running the model's ``output`` (a key of ``MODEL_OUTPUTS``: e.g.
+    ``model.embed(x, window)``) over a whole image.
 
     The image is first prepared by ``normalize``, which must be the preparation the model was
     trained on (``matter_model.inputs.input_normalizer`` of its config; reflectance, as read,
@@ -155,6 +163,9 @@ def model_features(
     """
     import torch
 
+    if output not in MODEL_OUTPUTS:
+        raise ValueError(f"unknown model output {output!r}; choose one of {sorted(MODEL_OUTPUTS)}")
+    run_model = getattr(model, MODEL_OUTPUTS[output])
     ctx = 2 * window if margin is None else margin
 
     def extract(image: np.ndarray) -> np.ndarray:
@@ -172,7 +183,7 @@ def model_features(
                         ya, xa = max(y0 - ctx, 0), max(x0 - ctx, 0)
                         yb, xb = min(y1 + ctx, h), min(x1 + ctx, w)
                         crop = x[None, :, ya:yb, xa:xb].to(device)
-                        emb = model.embed(crop, window)[0].float().cpu().numpy()
+                        emb = run_model(crop, window)[0].float().cpu().numpy()
                         if out is None:
                             out = np.empty((emb.shape[0], h, w), dtype=np.float32)
                         out[:, y0:y1, x0:x1] = emb[:, y0 - ya : y1 - ya, x0 - xa : x1 - xa]
@@ -183,19 +194,6 @@ def model_features(
         return out
 
     return extract
-
-
-def model_features_from_checkpoint(
-    checkpoint_path: str | Path, window: int = 13, device: str = "cpu", tile: int = 512
-) -> tuple[FeatureExtractor, tuple[str, ...]]:
-    """Load a MATTER checkpoint; return its feature extractor and the bands it expects."""
-    from matter_model.checkpoint import load_model  # imported here: torch model code is heavy
-
-    model, config = load_model(checkpoint_path, map_location=device)
-    extractor = model_features(
-        model, window=window, device=device, tile=tile, normalize=input_normalizer(config)
-    )
-    return extractor, tuple(config["bands"])
 
 
 def feature_distance(features_1: np.ndarray, features_2: np.ndarray) -> np.ndarray:
@@ -341,12 +339,13 @@ def compare_with_baselines(
     window: int = 13,
     sigma: float = DEFAULT_SIGMA,
     previews: str | Path | None = None,
+    output: str = DEFAULT_OUTPUT,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Every dataset's pairs through a trained MATTER model, the same network untrained (seeded
     from ``config['seed']``), and CVA, side by side: ``{dataset: evaluate_pairs(...)}``.
 
     Both networks see the images prepared as the model's training patches were
-    (``config['inputs']``, see :mod:`matter_model.inputs`).
+    (``config['inputs']``, see :mod:`matter_model.inputs`) and give the same ``output``.
     With ``previews``, the trained model's change map of each pair is written there as PNG.
     Both networks run on the trained model's device.
     """
@@ -359,12 +358,12 @@ def compare_with_baselines(
     untrained = build_model(config).to(device).eval()
     prepare = input_normalizer(config)
     methods = {
-        "matter": model_features(model, window=window, device=str(device), normalize=prepare),
-        "untrained": model_features(
-            untrained, window=window, device=str(device), normalize=prepare
-        ),
-        "cva": cva_features,
+        name: model_features(
+            network, window=window, device=str(device), normalize=prepare, output=output
+        )
+        for name, network in (("matter", model), ("untrained", untrained))
     }
+    methods["cva"] = cva_features
     bands = list(config["bands"])
     rgb = tuple(bands.index(b) if b in bands else i for i, b in enumerate(("B04", "B03", "B02")))
 

@@ -59,6 +59,11 @@ class Matter(nn.Module):
         """L2-normalised embeddings (B, E, H, W) of the ``window`` px window around each pixel."""
         return F.normalize(self.encoder(self.features(x), window).float(), dim=1)
 
+    def surface_residuals(self, x: torch.Tensor, window: int) -> torch.Tensor:
+        """Un-normalised surface residuals (B, D, H, W) of the ``window`` px window around each
+        pixel (:meth:`ResidualEncoder.residuals`): what unsupervised change maps compare."""
+        return self.encoder.residuals(self.features(x), window).float()
+
     def forward(self, x: torch.Tensor, window: int) -> torch.Tensor:
         return self.embed(x, window)
 

@@ -12,6 +12,12 @@ computed for every pixel at once with stride-1 box sums. The flattened (Y*D) vec
 L2-normalised and projected to E dims: ``(sum_v P_v e_v) / ||e|| + b``. The loop over codewords
 accumulates both sums, so no (B, N, Y, D) residual tensor exists; during training each codeword's
 step is checkpointed, so backward recomputes it instead of keeping Y copies of (B, D, H, W).
+
+:meth:`ResidualEncoder.residuals` is the aggregate before any normalisation or projection, as the
+authors' released surface encoding outputs it: the residuals summed over codewords and averaged
+over the window. Its length carries how far the window's pixels lie from the codewords, which
+the unit-length embedding drops; unsupervised change maps compare it
+(:mod:`matter_model.change_detection`).
 """
 
 from __future__ import annotations
@@ -66,9 +72,21 @@ class ResidualEncoder(nn.Module):
         )
         return torch.softmax(-self.smoothing.view(1, -1, 1, 1) * dist2, dim=1)
 
+    def residuals(self, features: torch.Tensor, window: int) -> torch.Tensor:
+        """Residuals (B, D, H, W) summed over codewords, averaged over the window's pixels in
+        the image: ``mean_{n in W} sum_v theta_nv (x_n - q_v)``, un-normalised.
+
+        As ``theta`` sums to 1 over codewords, the sum is ``x_n - sum_v theta_nv q_v``: a pixel's
+        features less its soft-assigned centre, computed without a loop over codewords.
+        """
+        _check_window(window)
+        assigned = F.conv2d(self.assignments(features), self.centres.T[:, :, None, None])
+        return F.avg_pool2d(
+            features - assigned, window, stride=1, padding=window // 2, count_include_pad=False
+        )
+
     def forward(self, features: torch.Tensor, window: int) -> torch.Tensor:
-        if window < 1 or window % 2 == 0:
-            raise ValueError(f"window must be a positive odd number of pixels, got {window}")
+        _check_window(window)
         theta = self.assignments(features)
         projected = norm2 = None
         for v in range(self.centres.shape[0]):
@@ -80,3 +98,8 @@ class ResidualEncoder(nn.Module):
             projected = p if projected is None else projected + p
             norm2 = n if norm2 is None else norm2 + n
         return projected / (norm2 + self.eps).sqrt() + self.bias.view(1, -1, 1, 1)
+
+
+def _check_window(window: int) -> None:
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be a positive odd number of pixels, got {window}")

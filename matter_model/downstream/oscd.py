@@ -20,7 +20,12 @@ from typing import Any
 
 import torch
 
-from matter_model.change_detection import DEFAULT_SIGMA, compare_with_baselines
+from matter_model.change_detection import (
+    DEFAULT_OUTPUT,
+    DEFAULT_SIGMA,
+    MODEL_OUTPUTS,
+    compare_with_baselines,
+)
 from matter_model.checkpoint import load_model
 from matter_model.datasets.oscd import OSCD, OSCDError
 from matter_model.matter import Matter
@@ -47,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """OSCD's options (the shared --checkpoint, --out and --device come from the CLI)."""
     add_dataset_arguments(parser)
     parser.add_argument("--sigma", type=float, default=DEFAULT_SIGMA, help="Gaussian sigma, px")
+    parser.add_argument(
+        "--features",
+        choices=sorted(MODEL_OUTPUTS),
+        default=DEFAULT_OUTPUT,
+        help="what both networks give the change map: the window's un-normalised surface "
+        "residuals or the unit-length embedding",
+    )
     parser.add_argument("--maps", type=Path, help="folder for MATTER's change-map PNGs")
 
 
@@ -112,6 +124,7 @@ def unsupervised(
     window: int = DEFAULT_WINDOW,
     sigma: float = DEFAULT_SIGMA,
     maps: Path | None = None,
+    output: str = DEFAULT_OUTPUT,
 ) -> dict[str, dict[str, Any]]:
     """``{method: {"per_city": {city: scores + threshold}, "micro": scores}}`` for METHODS.
 
@@ -120,7 +133,7 @@ def unsupervised(
     """
     pairs = dataset.iter_pairs(cities, bands=config["bands"])
     results = compare_with_baselines(
-        model, config, {"oscd": pairs}, window=window, sigma=sigma, previews=maps
+        model, config, {"oscd": pairs}, window=window, sigma=sigma, previews=maps, output=output
     )["oscd"]
     return {method: _per_city(results[method]) for method in METHODS}
 
@@ -136,9 +149,17 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         "bands": list(task.bands),
         "window": args.window,
         "sigma": args.sigma,
+        "features": args.features,
         "cities": task.cities,
         **unsupervised(
-            task.model, task.config, task.dataset, task.cities, args.window, args.sigma, args.maps
+            task.model,
+            task.config,
+            task.dataset,
+            task.cities,
+            args.window,
+            args.sigma,
+            args.maps,
+            args.features,
         ),
     }
     for method in METHODS:

@@ -132,6 +132,33 @@ def test_model_features_tiled_equals_whole_image() -> None:
     np.testing.assert_allclose(np.linalg.norm(whole, axis=0), 1.0, atol=1e-5)
 
 
+def _tiny_matter() -> tuple[torch.nn.Module, dict]:
+    from matter_model.checkpoint import build_model
+    from matter_model.train import load_config
+
+    config = load_config(
+        None, model={"width": 8, "blocks": [1], "tern_layers": 1, "codewords": 4, "embed_dim": 8}
+    )
+    torch.manual_seed(0)
+    return build_model(config).eval(), config
+
+
+def test_model_outputs_residuals_or_embeddings_tiled_as_whole() -> None:
+    model, _ = _tiny_matter()
+    image = np.random.default_rng(4).normal(0, 1, (9, 40, 50)).astype(np.float32)
+    with torch.no_grad():
+        want = model.surface_residuals(torch.from_numpy(image)[None], 5)[0].numpy()
+    residuals = model_features(model, window=5, tile=16, margin=30, output="residual")(image)
+    np.testing.assert_allclose(residuals, want, atol=1e-5)
+    embeddings = model_features(model, window=5, output="embedding")(image)
+    assert embeddings.shape == (8, 40, 50)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=0), 1.0, atol=1e-5)
+    # the residuals keep a length of their own: no unit sphere
+    assert np.ptp(np.linalg.norm(residuals, axis=0)) > 0.1
+    with pytest.raises(ValueError, match="unknown model output 'pooled'"):
+        model_features(model, output="pooled")
+
+
 def test_render_change_map_writes_png(tmp_path: Path) -> None:
     pair = _synthetic_pair("square", 0)
     result = detect_changes(pair, cva_features)
@@ -154,13 +181,7 @@ def test_cva_on_one_real_oscd_city() -> None:
 
 
 def test_compare_with_baselines_runs_three_methods_and_writes_previews(tmp_path: Path) -> None:
-    from matter_model.checkpoint import build_model
-    from matter_model.train import load_config
-
-    config = load_config(
-        None, model={"width": 8, "blocks": [1], "tern_layers": 1, "codewords": 4, "embed_dim": 8}
-    )
-    model = build_model(config).eval()
+    model, config = _tiny_matter()
     pair = _synthetic_pair("square", seed=3)
     nine = np.arange(9) % 4  # the model's 9 bands from the pair's 4
     pair = ChangePair(pair.name, pair.image_1[nine], pair.image_2[nine], pair.truth, pair.valid)
@@ -169,6 +190,10 @@ def test_compare_with_baselines_runs_three_methods_and_writes_previews(tmp_path:
     )
     assert set(results["synthetic"]) == {"matter", "untrained", "cva"}
     assert results["synthetic"]["cva"]["micro"]["f1"] > 0.8
+    embedded = compare_with_baselines(model, config, {"synthetic": [pair]}, 5, output="embedding")
+    threshold = embedded["synthetic"]["matter"]["per_pair"]["square"]["threshold"]
+    assert threshold <= 2.0  # distances of unit vectors
+    assert threshold != results["synthetic"]["matter"]["per_pair"]["square"]["threshold"]
     assert (tmp_path / "square.png").read_bytes().startswith(b"\x89PNG")
 
 

@@ -87,6 +87,7 @@ def test_oscd_unsupervised_metrics(release: Path, checkpoint: Path, tmp_path: Pa
     assert metrics == json.loads(json.dumps(returned))
     labelled = ["alpha", "beta", "gamma"]
     assert metrics["cities"] == labelled
+    assert metrics["features"] == "residual"  # the default: un-normalised surface residuals
     for method in ("matter", "cva", "untrained"):
         assert sorted(metrics[method]["per_city"]) == labelled
         for scores in [metrics[method]["micro"], *metrics[method]["per_city"].values()]:

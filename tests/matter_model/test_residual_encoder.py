@@ -6,22 +6,39 @@ import torch
 from matter_model.residual_encoder import ResidualEncoder
 
 
-def naive_encode(enc: ResidualEncoder, features: torch.Tensor, window: int) -> torch.Tensor:
-    b, d, h, w = features.shape
+def naive_window_residuals(
+    enc: ResidualEncoder, features: torch.Tensor, window: int, bi: int, y: int, x: int
+) -> torch.Tensor:
+    """The (N, Y, D) soft-assigned residuals of the window around one pixel, cut at the border."""
     r = window // 2
+    patch = features[bi, :, max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1]
+    z = patch.reshape(features.shape[1], -1).T  # (N, D)
+    dist2 = ((z[:, None, :] - enc.centres[None]) ** 2).sum(-1)  # (N, Y)
+    theta = torch.softmax(-enc.smoothing * dist2, dim=1)
+    return theta[..., None] * (z[:, None, :] - enc.centres[None])
+
+
+def naive_encode(enc: ResidualEncoder, features: torch.Tensor, window: int) -> torch.Tensor:
+    b, _, h, w = features.shape
     out = torch.empty(b, enc.bias.shape[0], h, w, dtype=features.dtype)
     for bi in range(b):
         for y in range(h):
             for x in range(w):
-                patch = features[bi, :, max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1]
-                z = patch.reshape(d, -1).T  # (N, D)
-                dist2 = ((z[:, None, :] - enc.centres[None]) ** 2).sum(-1)  # (N, Y)
-                theta = torch.softmax(-enc.smoothing * dist2, dim=1)
-                residuals = z[:, None, :] - enc.centres[None]  # (N, Y, D)
-                e = (theta[..., None] * residuals).sum(0)  # (Y, D)
+                e = naive_window_residuals(enc, features, window, bi, y, x).sum(0)  # (Y, D)
                 e = e.flatten() / (e.square().sum() + enc.eps).sqrt()
                 proj = enc.projection.permute(1, 0, 2).reshape(-1, e.shape[0])  # (E, Y*D)
                 out[bi, :, y, x] = proj @ e + enc.bias
+    return out
+
+
+def naive_residuals(enc: ResidualEncoder, features: torch.Tensor, window: int) -> torch.Tensor:
+    b, d, h, w = features.shape
+    out = torch.empty(b, d, h, w, dtype=features.dtype)
+    for bi in range(b):
+        for y in range(h):
+            for x in range(w):
+                residuals = naive_window_residuals(enc, features, window, bi, y, x)
+                out[bi, :, y, x] = residuals.sum(1).mean(0)  # over codewords, then pixels
     return out
 
 
@@ -34,6 +51,19 @@ def test_matches_naive_gather(window):
         dense = enc(features, window)
         naive = naive_encode(enc, features, window)
     torch.testing.assert_close(dense, naive, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_residuals_match_naive_gather(window):
+    torch.manual_seed(2)
+    enc = ResidualEncoder(dim=4, codewords=3, embed_dim=5)
+    features = torch.randn(2, 4, 6, 7)
+    with torch.no_grad():
+        dense = enc.residuals(features, window)
+        naive = naive_residuals(enc, features, window)
+    torch.testing.assert_close(dense, naive, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="odd"):
+        enc.residuals(features, 2)
 
 
 def test_gradients_match_naive_and_checkpointing():
