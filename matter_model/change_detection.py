@@ -41,9 +41,9 @@ FeatureExtractor = Callable[[np.ndarray], np.ndarray]
 DEFAULT_SIGMA = 1.0
 DEFAULT_BINS = 256
 # What a MATTER network gives a change map, by name: the method of the model that computes it.
-# "residual" (the default for change maps): the window's un-normalised surface residuals, as the
-# authors' surface encoding outputs them; "embedding": the unit-length embedding trained by the
-# InfoNCE loss, whose distances lie in [0, 2] without the long tail Otsu needs.
+# "residual" (the default for change maps): the window's surface residuals, un-normalised like
+# the output of the authors' surface encoding; "embedding": the unit-length embedding trained by
+# the InfoNCE loss, whose distances lie in [0, 2] without the long tail Otsu needs.
 MODEL_OUTPUTS = {"residual": "surface_residuals", "embedding": "embed"}
 DEFAULT_OUTPUT = "residual"
 

@@ -13,11 +13,11 @@ L2-normalised and projected to E dims: ``(sum_v P_v e_v) / ||e|| + b``. The loop
 accumulates both sums, so no (B, N, Y, D) residual tensor exists; during training each codeword's
 step is checkpointed, so backward recomputes it instead of keeping Y copies of (B, D, H, W).
 
-:meth:`ResidualEncoder.residuals` is the aggregate before any normalisation or projection, as the
-authors' released surface encoding outputs it: the residuals summed over codewords and averaged
-over the window. Its length carries how far the window's pixels lie from the codewords, which
-the unit-length embedding drops; unsupervised change maps compare it
-(:mod:`matter_model.change_detection`).
+:meth:`ResidualEncoder.residuals` is the aggregate before any normalisation or projection, like
+the output of the authors' released surface encoding (less its LeakyReLU): the residuals summed
+over codewords and averaged over the window. Its length carries how far the window's pixels
+lie from the codewords, which the unit-length embedding drops; unsupervised change maps compare
+it (:mod:`matter_model.change_detection`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The dense residual encoder against a naive per-pixel gather."""
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -18,52 +20,50 @@ def naive_window_residuals(
     return theta[..., None] * (z[:, None, :] - enc.centres[None])
 
 
-def naive_encode(enc: ResidualEncoder, features: torch.Tensor, window: int) -> torch.Tensor:
+def per_pixel(
+    features: torch.Tensor, dim: int, value: Callable[[int, int, int], torch.Tensor]
+) -> torch.Tensor:
+    """A (B, dim, H, W) map filled one pixel at a time by ``value(b, y, x)``."""
     b, _, h, w = features.shape
-    out = torch.empty(b, enc.bias.shape[0], h, w, dtype=features.dtype)
+    out = torch.empty(b, dim, h, w, dtype=features.dtype)
     for bi in range(b):
         for y in range(h):
             for x in range(w):
-                e = naive_window_residuals(enc, features, window, bi, y, x).sum(0)  # (Y, D)
-                e = e.flatten() / (e.square().sum() + enc.eps).sqrt()
-                proj = enc.projection.permute(1, 0, 2).reshape(-1, e.shape[0])  # (E, Y*D)
-                out[bi, :, y, x] = proj @ e + enc.bias
+                out[bi, :, y, x] = value(bi, y, x)
     return out
+
+
+def naive_encode(enc: ResidualEncoder, features: torch.Tensor, window: int) -> torch.Tensor:
+    def encode(bi: int, y: int, x: int) -> torch.Tensor:
+        e = naive_window_residuals(enc, features, window, bi, y, x).sum(0)  # (Y, D)
+        e = e.flatten() / (e.square().sum() + enc.eps).sqrt()
+        proj = enc.projection.permute(1, 0, 2).reshape(-1, e.shape[0])  # (E, Y*D)
+        return proj @ e + enc.bias
+
+    return per_pixel(features, enc.bias.shape[0], encode)
 
 
 def naive_residuals(enc: ResidualEncoder, features: torch.Tensor, window: int) -> torch.Tensor:
-    b, d, h, w = features.shape
-    out = torch.empty(b, d, h, w, dtype=features.dtype)
-    for bi in range(b):
-        for y in range(h):
-            for x in range(w):
-                residuals = naive_window_residuals(enc, features, window, bi, y, x)
-                out[bi, :, y, x] = residuals.sum(1).mean(0)  # over codewords, then pixels
-    return out
+    def aggregate(bi: int, y: int, x: int) -> torch.Tensor:
+        residuals = naive_window_residuals(enc, features, window, bi, y, x)  # (N, Y, D)
+        return residuals.sum(1).mean(0)  # over codewords, then the window's pixels
+
+    return per_pixel(features, features.shape[1], aggregate)
 
 
 @pytest.mark.parametrize("window", [1, 3, 5])
-def test_matches_naive_gather(window):
+@pytest.mark.parametrize(
+    ("dense", "naive"),
+    [(ResidualEncoder.forward, naive_encode), (ResidualEncoder.residuals, naive_residuals)],
+    ids=["embedding", "residuals"],
+)
+def test_matches_naive_gather(window, dense, naive):
     torch.manual_seed(0)
     enc = ResidualEncoder(dim=4, codewords=3, embed_dim=5)
     features = torch.randn(2, 4, 6, 7)
     with torch.no_grad():
-        dense = enc(features, window)
-        naive = naive_encode(enc, features, window)
-    torch.testing.assert_close(dense, naive, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("window", [1, 3, 5])
-def test_residuals_match_naive_gather(window):
-    torch.manual_seed(2)
-    enc = ResidualEncoder(dim=4, codewords=3, embed_dim=5)
-    features = torch.randn(2, 4, 6, 7)
-    with torch.no_grad():
-        dense = enc.residuals(features, window)
-        naive = naive_residuals(enc, features, window)
-    torch.testing.assert_close(dense, naive, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="odd"):
-        enc.residuals(features, 2)
+        got, want = dense(enc, features, window), naive(enc, features, window)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_gradients_match_naive_and_checkpointing():
@@ -84,3 +84,5 @@ def test_rejects_even_window_and_keeps_size():
     assert enc(x, 7).shape == (1, 3, 9, 9)
     with pytest.raises(ValueError, match="odd"):
         enc(x, 4)
+    with pytest.raises(ValueError, match="odd"):
+        enc.residuals(x, 4)
