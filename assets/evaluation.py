@@ -10,7 +10,7 @@ from assets.partitions import CONFIG
 from assets.previews import markdown_table, png_metadata
 from assets.resources import DataStore
 from matter_model.atomic_io import atomic_write_text
-from matter_model.change_detection import DEFAULT_OUTPUT, ChangePair, compare_with_baselines
+from matter_model.change_detection import CHANGE_MAP_OUTPUT, ChangePair, compare_with_baselines
 from matter_model.checkpoint import load_model
 from matter_model.datasets.oscd import OSCD
 from matter_model.downstream.oscd import unsupervised as oscd_unsupervised
@@ -44,7 +44,7 @@ def change_detection_eval(
         raise RuntimeError("nothing to evaluate on: no demo-world stacks and no OSCD root")
     previews = store.reports / "change_maps"
     window, sigma = int(settings.get("window", 13)), float(settings.get("sigma", 1.0))
-    output = str(settings.get("features", DEFAULT_OUTPUT))
+    output = str(settings.get("features", CHANGE_MAP_OUTPUT))
     results = compare_with_baselines(model, model_config, datasets, window, sigma, previews, output)
     if oscd is not None:  # the same code as `python -m matter_model.evaluate oscd`
         results["oscd"] = oscd_unsupervised(

@@ -45,7 +45,7 @@ DEFAULT_BINS = 256
 # the output of the authors' surface encoding; "embedding": the unit-length embedding trained by
 # the InfoNCE loss, whose distances lie in [0, 2] without the long tail Otsu needs.
 MODEL_OUTPUTS = {"residual": "surface_residuals", "embedding": "embed"}
-DEFAULT_OUTPUT = "residual"
+CHANGE_MAP_OUTPUT = "residual"
 
 
 @dataclass(frozen=True)
@@ -152,14 +152,15 @@ def model_features(
     normalize: Normalizer = as_reflectance,
     output: str = "embedding",
 ) -> FeatureExtractor:
-    """A feature extractor running the model's ``output`` (a key of ``MODEL_OUTPUTS``: e.g.
-    ``model.embed(x, window)``) over a whole image.
+    """A feature extractor running the model's ``output`` (a key of ``MODEL_OUTPUTS``; the
+    embedding ``model.embed(x, window)`` by default, which the fine-tuned head reads, while
+    change maps ask for ``CHANGE_MAP_OUTPUT``) over a whole image.
 
     The image is first prepared by ``normalize``, which must be the preparation the model was
     trained on (``matter_model.inputs.input_normalizer`` of its config; reflectance, as read,
-    by default). Images larger than
-    ``tile`` are embedded in tiles of ``tile`` pixels plus ``margin`` (default ``2 * window``)
-    of context on each side, of which only the centre is kept, under ``torch.no_grad``.
+    by default). Images larger than ``tile`` are run in tiles of ``tile`` pixels plus
+    ``margin`` (default ``2 * window``) of context on each side, of which only the centre is
+    kept, under ``torch.no_grad``.
     """
     import torch
 
@@ -339,7 +340,7 @@ def compare_with_baselines(
     window: int = 13,
     sigma: float = DEFAULT_SIGMA,
     previews: str | Path | None = None,
-    output: str = DEFAULT_OUTPUT,
+    output: str = CHANGE_MAP_OUTPUT,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Every dataset's pairs through a trained MATTER model, the same network untrained (seeded
     from ``config['seed']``), and CVA, side by side: ``{dataset: evaluate_pairs(...)}``.

@@ -50,7 +50,7 @@ class MatchCounts:
 
 @dataclass(frozen=True)
 class ConfusionCounts(MatchCounts):
-    """The counts of a per-pixel class (change, building pixels), true negatives included."""
+    """The counts of a per-pixel class (OSCD's change pixels), true negatives included."""
 
     tn: int = 0
 

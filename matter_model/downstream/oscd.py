@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from matter_model.change_detection import (
-    DEFAULT_OUTPUT,
+    CHANGE_MAP_OUTPUT,
     DEFAULT_SIGMA,
     MODEL_OUTPUTS,
     compare_with_baselines,
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--features",
         choices=sorted(MODEL_OUTPUTS),
-        default=DEFAULT_OUTPUT,
+        default=CHANGE_MAP_OUTPUT,
         help="what both networks give the change map: the window's un-normalised surface "
         "residuals or the unit-length embedding",
     )
@@ -124,9 +124,10 @@ def unsupervised(
     window: int = DEFAULT_WINDOW,
     sigma: float = DEFAULT_SIGMA,
     maps: Path | None = None,
-    output: str = DEFAULT_OUTPUT,
+    output: str = CHANGE_MAP_OUTPUT,
 ) -> dict[str, dict[str, Any]]:
-    """``{method: {"per_city": {city: scores + threshold}, "micro": scores}}`` for METHODS.
+    """``{method: {"per_city": {city: scores + threshold + ranking}, "micro": scores, "macro":
+    mean ranking}}`` for METHODS.
 
     Cities stream one at a time; with ``maps`` MATTER's change map of each city (dates, truth,
     prediction) is written there as ``<city>.png``.

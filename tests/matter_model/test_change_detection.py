@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from matter_model.change_detection import (
+    MODEL_OUTPUTS,
     ChangePair,
     compare_with_baselines,
     cva_features,
@@ -19,7 +20,9 @@ from matter_model.change_detection import (
     ranking_quality,
     render_change_map,
 )
+from matter_model.checkpoint import build_model
 from matter_model.metrics import ConfusionCounts
+from matter_model.train import load_config
 from tests.conftest import REAL_DATA
 
 REAL_ROOT = REAL_DATA / "oscd"
@@ -133,9 +136,6 @@ def test_model_features_tiled_equals_whole_image() -> None:
 
 
 def _tiny_matter() -> tuple[torch.nn.Module, dict]:
-    from matter_model.checkpoint import build_model
-    from matter_model.train import load_config
-
     config = load_config(
         None, model={"width": 8, "blocks": [1], "tern_layers": 1, "codewords": 4, "embed_dim": 8}
     )
@@ -190,11 +190,21 @@ def test_compare_with_baselines_runs_three_methods_and_writes_previews(tmp_path:
     )
     assert set(results["synthetic"]) == {"matter", "untrained", "cva"}
     assert results["synthetic"]["cva"]["micro"]["f1"] > 0.8
-    embedded = compare_with_baselines(model, config, {"synthetic": [pair]}, 5, output="embedding")
-    threshold = embedded["synthetic"]["matter"]["per_pair"]["square"]["threshold"]
-    assert threshold <= 2.0  # distances of unit vectors
-    assert threshold != results["synthetic"]["matter"]["per_pair"]["square"]["threshold"]
     assert (tmp_path / "square.png").read_bytes().startswith(b"\x89PNG")
+    # the output asked for reaches both networks: the same figures as each extractor run alone
+    torch.manual_seed(config["seed"])
+    untrained = build_model(config).eval()
+    for output in MODEL_OUTPUTS:
+        got = compare_with_baselines(model, config, {"synthetic": [pair]}, 5, output=output)
+        alone = evaluate_pairs(
+            [pair],
+            {
+                "matter": model_features(model, 5, output=output),
+                "untrained": model_features(untrained, 5, output=output),
+            },
+        )
+        for name in alone:
+            assert got["synthetic"][name] == alone[name]
 
 
 def naive_ranking(score: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
