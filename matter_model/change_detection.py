@@ -44,7 +44,11 @@ DEFAULT_BINS = 256
 # "residual" (the default for change maps): the window's surface residuals, un-normalised like
 # the output of the authors' surface encoding; "embedding": the unit-length embedding trained by
 # the InfoNCE loss, whose distances lie in [0, 2] without the long tail Otsu needs.
-MODEL_OUTPUTS = {"residual": "surface_residuals", "embedding": "embed"}
+MODEL_OUTPUTS = {
+    "residual": "surface_residuals",
+    "embedding": "embed",
+    "authors": "surface_encoding",  # the released encoder's output: LeakyReLU(-0.2) per codeword
+}
 CHANGE_MAP_OUTPUT = "residual"
 
 

@@ -64,6 +64,12 @@ class Matter(nn.Module):
         pixel (:meth:`ResidualEncoder.residuals`): what unsupervised change maps compare."""
         return self.encoder.residuals(self.features(x), window).float()
 
+    def surface_encoding(self, x: torch.Tensor, window: int) -> torch.Tensor:
+        """The authors' surface encoding (B, D, H, W) of the ``window`` px window around each
+        pixel (:meth:`ResidualEncoder.surface_encoding`): the vector their released encoder
+        outputs and their change maps compare."""
+        return self.encoder.surface_encoding(self.features(x), window).float()
+
     def forward(self, x: torch.Tensor, window: int) -> torch.Tensor:
         return self.embed(x, window)
 

@@ -13,11 +13,21 @@ L2-normalised and projected to E dims: ``(sum_v P_v e_v) / ||e|| + b``. The loop
 accumulates both sums, so no (B, N, Y, D) residual tensor exists; during training each codeword's
 step is checkpointed, so backward recomputes it instead of keeping Y copies of (B, D, H, W).
 
-:meth:`ResidualEncoder.residuals` is the aggregate before any normalisation or projection, like
-the output of the authors' released surface encoding (less its LeakyReLU): the residuals summed
-over codewords and averaged over the window. Its length carries how far the window's pixels
-lie from the codewords, which the unit-length embedding drops; unsupervised change maps compare
-it (:mod:`matter_model.change_detection`).
+:meth:`ResidualEncoder.residuals` is the aggregate before any normalisation or projection: the
+residuals summed over codewords and averaged over the window. Its length carries how far the
+window's pixels lie from the codewords, which the unit-length embedding drops; unsupervised change
+maps compare it (:mod:`matter_model.change_detection`).
+
+:meth:`ResidualEncoder.surface_encoding` is the vector the authors' released encoder outputs,
+trains and compares (Kitware/geowatch, ``rutgers_material_seg/models/resnet_enc.py`` with
+``encoding.py``): their Deep-TEN ``Encoding`` layer, ``nn.LeakyReLU(-0.2)``, then the mean over
+codewords. With the window's mean in place of their sum over a sub-patch's pixels (their network
+pools each 7 px sub-patch to one vector first, so their sum has one term),
+
+    s = (1/Y) sum_v LeakyReLU_{-0.2}( mean_{n in W} theta_nv (x_n - q_v) ).
+
+The slope -0.2 is negative as released: negative residual components come out as +0.2 |r|,
+so every component is >= 0 and the map is not monotonic.
 """
 
 from __future__ import annotations
@@ -27,12 +37,23 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+# The negative slope of the authors' ``nn.LeakyReLU(-0.2)`` after their encoding layer.
+AUTHORS_NEGATIVE_SLOPE = -0.2
+
 
 def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
     """Sum of ``x`` over the window x window neighbourhood of each pixel (zeros outside)."""
     return F.avg_pool2d(
         x, window, stride=1, padding=window // 2, count_include_pad=True, divisor_override=1
     )
+
+
+def window_mean(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean of ``x`` over the window x window neighbourhood of each pixel, cut at the image
+    border; separable (two 1-D passes, 2 * window reads a pixel instead of window**2)."""
+    pad = window // 2
+    rows = F.avg_pool2d(x, (window, 1), stride=1, padding=(pad, 0), count_include_pad=False)
+    return F.avg_pool2d(rows, (1, window), stride=1, padding=(0, pad), count_include_pad=False)
 
 
 def _codeword_step(
@@ -84,6 +105,27 @@ class ResidualEncoder(nn.Module):
         return F.avg_pool2d(
             features - assigned, window, stride=1, padding=window // 2, count_include_pad=False
         )
+
+    def surface_encoding(
+        self, features: torch.Tensor, window: int, negative_slope: float = AUTHORS_NEGATIVE_SLOPE
+    ) -> torch.Tensor:
+        """The authors' surface encoding (B, D, H, W) of the window around each pixel:
+        ``mean_v leaky_relu(mean_{n in W} theta_nv (x_n - q_v), negative_slope)``.
+
+        The nonlinearity acts on each codeword's aggregate, as in their ``Encoding`` layer, so
+        the codewords cannot be summed first as in :meth:`residuals`: the loop over codewords
+        accumulates (B, D, H, W) maps, and no (B, Y, D, H, W) tensor exists.
+        """
+        _check_window(window)
+        theta = self.assignments(features)
+        total = torch.zeros_like(features)
+        for v in range(self.centres.shape[0]):
+            weight = theta[:, v : v + 1]
+            residual = window_mean(weight * features, window) - window_mean(
+                weight, window
+            ) * self.centres[v].view(1, -1, 1, 1)
+            total = total + F.leaky_relu(residual, negative_slope)
+        return total / self.centres.shape[0]
 
     def forward(self, features: torch.Tensor, window: int) -> torch.Tensor:
         _check_window(window)

@@ -51,11 +51,26 @@ def naive_residuals(enc: ResidualEncoder, features: torch.Tensor, window: int) -
     return per_pixel(features, features.shape[1], aggregate)
 
 
+def naive_surface_encoding(
+    enc: ResidualEncoder, features: torch.Tensor, window: int
+) -> torch.Tensor:
+    def encode(bi: int, y: int, x: int) -> torch.Tensor:
+        residuals = naive_window_residuals(enc, features, window, bi, y, x)  # (N, Y, D)
+        per_codeword = residuals.mean(0)  # over the window's pixels: (Y, D)
+        return torch.where(per_codeword > 0, per_codeword, -0.2 * per_codeword).mean(0)
+
+    return per_pixel(features, features.shape[1], encode)
+
+
 @pytest.mark.parametrize("window", [1, 3, 5])
 @pytest.mark.parametrize(
     ("dense", "naive"),
-    [(ResidualEncoder.forward, naive_encode), (ResidualEncoder.residuals, naive_residuals)],
-    ids=["embedding", "residuals"],
+    [
+        (ResidualEncoder.forward, naive_encode),
+        (ResidualEncoder.residuals, naive_residuals),
+        (ResidualEncoder.surface_encoding, naive_surface_encoding),
+    ],
+    ids=["embedding", "residuals", "surface_encoding"],
 )
 def test_matches_naive_gather(window, dense, naive):
     torch.manual_seed(0)
@@ -86,3 +101,5 @@ def test_rejects_even_window_and_keeps_size():
         enc(x, 4)
     with pytest.raises(ValueError, match="odd"):
         enc.residuals(x, 4)
+    with pytest.raises(ValueError, match="odd"):
+        enc.surface_encoding(x, 4)
