@@ -17,7 +17,9 @@ Gaussian's width: ``DEFAULT_SIGMA = 1.0`` is this project's choice.
 
 Feature extractors are plain callables ``(image (C, H, W) float32) -> (E, H, W)``:
 :func:`cva_features` (change vector analysis on per-image standardised bands) and
-:func:`model_features` (dense surface residuals or embeddings of a MATTER model).
+:func:`model_features` (dense surface residuals or embeddings of a MATTER model, which also
+takes a batch ``(N, C, H, W) -> (N, E, H, W)``, as the authors' tiled protocol in
+:mod:`matter_model.tiled_protocol` runs it).
 """
 
 from __future__ import annotations
@@ -158,9 +160,10 @@ def model_features(
 ) -> FeatureExtractor:
     """A feature extractor running the model's ``output`` (a key of ``MODEL_OUTPUTS``; the
     embedding ``model.embed(x, window)`` by default, which the fine-tuned head reads, while
-    change maps ask for ``CHANGE_MAP_OUTPUT``) over a whole image.
+    change maps ask for ``CHANGE_MAP_OUTPUT``) over a whole image ``(C, H, W) -> (E, H, W)``,
+    or over a batch of images of one size ``(N, C, H, W) -> (N, E, H, W)`` in one pass.
 
-    The image is first prepared by ``normalize``, which must be the preparation the model was
+    Each image is first prepared by ``normalize``, which must be the preparation the model was
     trained on (``matter_model.inputs.input_normalizer`` of its config; reflectance, as read,
     by default). Images larger than ``tile`` are run in tiles of ``tile`` pixels plus
     ``margin`` (default ``2 * window``) of context on each side, of which only the centre is
@@ -174,8 +177,10 @@ def model_features(
     ctx = 2 * window if margin is None else margin
 
     def extract(image: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(normalize(image), dtype=np.float32))
-        _, h, w = x.shape
+        batched = image.ndim == 4
+        prepared = np.stack([normalize(i) for i in image]) if batched else normalize(image)[None]
+        x = torch.from_numpy(np.ascontiguousarray(prepared, dtype=np.float32))
+        n, _, h, w = x.shape
         out: np.ndarray | None = None
         was_training = getattr(model, "training", False)
         if hasattr(model, "eval"):
@@ -187,16 +192,16 @@ def model_features(
                         y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
                         ya, xa = max(y0 - ctx, 0), max(x0 - ctx, 0)
                         yb, xb = min(y1 + ctx, h), min(x1 + ctx, w)
-                        crop = x[None, :, ya:yb, xa:xb].to(device)
-                        emb = run_model(crop, window)[0].float().cpu().numpy()
+                        crop = x[:, :, ya:yb, xa:xb].to(device)
+                        emb = run_model(crop, window).float().cpu().numpy()
                         if out is None:
-                            out = np.empty((emb.shape[0], h, w), dtype=np.float32)
-                        out[:, y0:y1, x0:x1] = emb[:, y0 - ya : y1 - ya, x0 - xa : x1 - xa]
+                            out = np.empty((n, emb.shape[1], h, w), dtype=np.float32)
+                        out[..., y0:y1, x0:x1] = emb[..., y0 - ya : y1 - ya, x0 - xa : x1 - xa]
         finally:
             if was_training and hasattr(model, "train"):
                 model.train()
         assert out is not None
-        return out
+        return out if batched else out[0]
 
     return extract
 
@@ -337,6 +342,18 @@ def render_change_map(
     return data
 
 
+def untrained_twin(model: Any, config: dict[str, Any]) -> Any:
+    """The network ``config`` builds, from random initialisation seeded by ``config['seed']``,
+    on ``model``'s device and in eval mode: the ``untrained`` baseline of every comparison."""
+    import torch
+
+    from matter_model.checkpoint import build_model
+
+    device = next(model.parameters()).device
+    torch.manual_seed(int(config.get("seed", 0)))
+    return build_model(config).to(device).eval()
+
+
 def compare_with_baselines(
     model: Any,
     config: dict[str, Any],
@@ -354,13 +371,8 @@ def compare_with_baselines(
     With ``previews``, the trained model's change map of each pair is written there as PNG.
     Both networks run on the trained model's device.
     """
-    import torch
-
-    from matter_model.checkpoint import build_model
-
     device = next(model.parameters()).device
-    torch.manual_seed(int(config.get("seed", 0)))
-    untrained = build_model(config).to(device).eval()
+    untrained = untrained_twin(model, config)
     prepare = input_normalizer(config)
     methods = {
         name: model_features(

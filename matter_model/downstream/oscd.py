@@ -1,11 +1,16 @@
 """OSCD unsupervised change detection: MATTER, the same network untrained, and CVA, side by side.
 
-As the MATTER authors evaluated it (:mod:`matter_model.change_detection`): the
-features of the ``--window`` px window around every pixel at both dates, their L2 distance,
+``--protocol city`` (the default, :mod:`matter_model.change_detection`): the features of the
+``--window`` px window around every pixel of each whole city at both dates, their L2 distance,
 Gaussian smoothing, an Otsu threshold per city; precision / recall / F1 of the change class per
 city and micro over every valid pixel of every city, for the checkpoint's network (``matter``),
 the same network from random initialisation (``untrained``) and change vector analysis
 (``cva``), side by side in one run.
+
+``--protocol authors`` (:mod:`matter_model.tiled_protocol`): the authors' released evaluation
+instead, for the same three methods: 32 px tiles (``--tiles change``, their loader's choice, or
+``all``), each standardised on its own and run alone, the distance blurred by a 13 x 13
+Gaussian (sigma 2.3), Otsu per batch of 32 tiles with the last incomplete batch dropped.
 
 Fine-tuned change detection is the ``oscd-finetune`` task (:mod:`.oscd_finetune`).
 """
@@ -25,13 +30,35 @@ from matter_model.change_detection import (
     DEFAULT_SIGMA,
     MODEL_OUTPUTS,
     compare_with_baselines,
+    model_features,
+    untrained_twin,
 )
 from matter_model.checkpoint import load_model
 from matter_model.datasets.oscd import OSCD, OSCDError
 from matter_model.matter import Matter
+from matter_model.tiled_protocol import (
+    DEFAULT_EDGE,
+    DEFAULT_TILES,
+    EDGE_CHOICES,
+    OTSU_BATCH,
+    TILE,
+    TILE_CHOICES,
+    TiledProtocol,
+    evaluate_tiled,
+    tile_bands,
+)
 
 DEFAULT_WINDOW = 13  # the authors' feature window for change maps
 METHODS = ("matter", "untrained", "cva")
+PROTOCOLS = ("city", "authors")
+# Options of one protocol only: (dest, flag); given with the other protocol they are an error.
+CITY_ONLY = (("sigma", "--sigma"), ("maps", "--maps"))
+AUTHORS_ONLY = (
+    ("tiles", "--tiles"),
+    ("tile_size", "--tile-size"),
+    ("otsu_batch", "--otsu-batch"),
+    ("edge_tiles", "--edge-tiles"),
+)
 
 
 def names(text: str | None) -> list[str] | None:
@@ -51,7 +78,32 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """OSCD's options (the shared --checkpoint, --out and --device come from the CLI)."""
     add_dataset_arguments(parser)
-    parser.add_argument("--sigma", type=float, default=DEFAULT_SIGMA, help="Gaussian sigma, px")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="city",
+        help="city: whole cities, Otsu per city (default); authors: the authors' released "
+        "evaluation, 32 px tiles standardised on their own, Otsu per batch of 32 tiles",
+    )
+    parser.add_argument(
+        "--sigma", type=float, help=f"city: Gaussian sigma, px (default {DEFAULT_SIGMA})"
+    )
+    parser.add_argument(
+        "--tiles",
+        choices=TILE_CHOICES,
+        help=f"authors: score every tile or only those holding a change pixel "
+        f"(default {DEFAULT_TILES}, as the authors' test loader)",
+    )
+    parser.add_argument("--tile-size", type=int, help=f"authors: tile side, px (default {TILE})")
+    parser.add_argument(
+        "--otsu-batch", type=int, help=f"authors: tiles per Otsu threshold (default {OTSU_BATCH})"
+    )
+    parser.add_argument(
+        "--edge-tiles",
+        choices=EDGE_CHOICES,
+        help=f"authors: where a row or column of tiles falls short of the edge, add one tile "
+        f"aligned to the edge (shift) or leave the strip out (drop) (default {DEFAULT_EDGE})",
+    )
     parser.add_argument(
         "--features",
         choices=sorted(MODEL_OUTPUTS),
@@ -59,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what both networks give the change map: the window's un-normalised surface "
         "residuals or the unit-length embedding",
     )
-    parser.add_argument("--maps", type=Path, help="folder for MATTER's change-map PNGs")
+    parser.add_argument("--maps", type=Path, help="city: folder for MATTER's change-map PNGs")
 
 
 @dataclass(frozen=True)
@@ -139,30 +191,104 @@ def unsupervised(
     return {method: _per_city(results[method]) for method in METHODS}
 
 
+def unsupervised_authors(
+    model: Matter,
+    config: dict[str, Any],
+    dataset: OSCD,
+    cities: Sequence[str],
+    protocol: TiledProtocol,
+    window: int = DEFAULT_WINDOW,
+    output: str = CHANGE_MAP_OUTPUT,
+) -> dict[str, dict[str, Any]]:
+    """METHODS under the authors' protocol: ``{method: {"per_city": {city: scores + pixels +
+    tiles + ranking}, "micro": scores + pixels + tiles + batches, "macro": mean ranking,
+    "thresholds": one per Otsu batch, "tiles_dropped_last_batch", "tile_counts"}}``.
+
+    Every method sees the per-tile standardised tiles in place of the checkpoint's own
+    preparation (``config['inputs']``): both networks run on them, CVA compares them.
+    """
+    device = str(next(model.parameters()).device)
+    networks = {"matter": model, "untrained": untrained_twin(model, config)}
+    methods = {
+        name: model_features(network, window=window, device=device, output=output)
+        for name, network in networks.items()
+    }
+    methods["cva"] = tile_bands
+    pairs = dataset.iter_pairs(cities, bands=config["bands"])
+    results = evaluate_tiled(pairs, methods, protocol)
+    return {
+        method: {"per_city": results[method]["per_pair"]}
+        | {k: v for k, v in results[method].items() if k != "per_pair"}
+        for method in METHODS
+    }
+
+
+def protocol_of(args: argparse.Namespace) -> TiledProtocol | None:
+    """The authors' protocol that the options ask for, or None for the city protocol; an
+    option of the other protocol is an error rather than silently ignored."""
+    other = CITY_ONLY if args.protocol == "authors" else AUTHORS_ONLY
+    given = [flag for dest, flag in other if getattr(args, dest) is not None]
+    if given:
+        raise OSCDError(f"{', '.join(given)}: not an option of --protocol {args.protocol}")
+    if args.protocol == "city":
+        return None
+    return TiledProtocol(
+        tile=TILE if args.tile_size is None else args.tile_size,
+        tiles=args.tiles or DEFAULT_TILES,
+        edge=args.edge_tiles or DEFAULT_EDGE,
+        otsu_batch=OTSU_BATCH if args.otsu_batch is None else args.otsu_batch,
+    )
+
+
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Unsupervised change detection on the chosen cities; the metrics written to ``--out``."""
+    protocol = protocol_of(args)
     task = setup(args)
-    log(f"oscd: checkpoint {args.checkpoint}, bands {list(task.bands)}, cities {task.cities}")
+    log(
+        f"oscd --protocol {args.protocol}: checkpoint {args.checkpoint}, "
+        f"bands {list(task.bands)}, cities {task.cities}"
+    )
     metrics: dict[str, Any] = {
         "task": "oscd",
         "checkpoint": str(args.checkpoint),
         "root": str(args.root),
         "bands": list(task.bands),
+        "protocol": args.protocol,
         "window": args.window,
-        "sigma": args.sigma,
         "features": args.features,
         "cities": task.cities,
-        **unsupervised(
+    }
+    if protocol is None:
+        sigma = DEFAULT_SIGMA if args.sigma is None else args.sigma
+        metrics["sigma"] = sigma
+        metrics |= unsupervised(
             task.model,
             task.config,
             task.dataset,
             task.cities,
             args.window,
-            args.sigma,
+            sigma,
             args.maps,
             args.features,
-        ),
-    }
+        )
+        scope = "Otsu per city"
+    else:
+        metrics["protocol_settings"] = protocol.settings()
+        metrics |= unsupervised_authors(
+            task.model,
+            task.config,
+            task.dataset,
+            task.cities,
+            protocol,
+            args.window,
+            args.features,
+        )
+        micro = metrics["cva"]["micro"]
+        scope = (
+            f"{protocol.tiles} tiles of {protocol.tile} px, Otsu per {protocol.otsu_batch} "
+            f"tiles: {micro['tiles']} tiles, {micro['pixels']} px scored"
+        )
+    log(f"oscd, protocol {args.protocol} ({scope}); micro over the cities:")
     for method in METHODS:
         log(summary(method, metrics[method]["micro"], metrics[method]["macro"]))
     return metrics
