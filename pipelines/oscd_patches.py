@@ -3,8 +3,18 @@
 Each OSCD city is one two-date scene on ``imgs_1``'s 10 m grid (see
 :mod:`matter_model.datasets.oscd`). It goes through the same change screen and triplet tiling as
 the co-registered STAC stacks: windows that stayed unchanged between the two dates become
-anchor / positive pairs, another unchanged window of the same city the negative. One shard per
-city (``oscd-<city>``), so a rerun replaces each city whole.
+anchor / positive pairs, and an unchanged window of the next city in the list the negative
+(``negatives="other-city"``, the default: another city is surely another place and often another
+landscape; ``"same-city"`` draws it from the anchor's own city, at least
+``min_negative_distance_px`` away). One shard per city (``oscd-<city>``), so a rerun replaces
+each city whole.
+
+The screen is set for purity, not quantity: a positive that holds real change teaches the model
+to ignore the very changes OSCD labels. ``DEFAULT_THRESHOLD`` is the point of the change screen's
+curve (``benchmarks/results/change_screen.json``, measured on the labelled cities, which are not
+pretrained on) where about 94 % of kept windows are truly unchanged, against about 85 % at the
+former 1.2; the perturbations of :mod:`matter_model.augment` give the positives back the
+radiometric and geometric differences that a tight screen removes.
 
 Only cities without a change label are used by default (``test.txt``): the labelled ones are the
 evaluation set and must not be seen in pretraining. The imagery is L1C top-of-atmosphere
@@ -26,15 +36,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from matter_model.datasets.oscd import MATTER_BANDS, OSCD, OSCDCity, OSCDError
 from matter_model.inputs import SCENE_STANDARDISED, standardize
 from pipelines.change_screen import screen_windows
-from pipelines.tiling import StackSource, tile_to_store
+from pipelines.tiling import NegativePool, StackSource, tile_to_store
 
 # Dates missing from a city's dates.txt get these placeholders (the tiling needs two labels).
 _PLACEHOLDER_DATES = ("2000-01-01", "2000-01-02")
+DEFAULT_THRESHOLD = 0.75
+NEGATIVES = ("other-city", "same-city")
 
 
 def city_stack(city: OSCDCity) -> xr.Dataset:
@@ -66,31 +79,37 @@ def build_oscd_patch_store(
     cities: Sequence[str] | None = None,
     bands: Sequence[str] = MATTER_BANDS,
     window: int = 32,
-    threshold: float = 1.2,
+    threshold: float = DEFAULT_THRESHOLD,
     min_valid_fraction: float = 0.9,
     min_negative_distance_px: int = 64,
     seed: int = 0,
+    negatives: str = "other-city",
     log: Callable[[str], None] = print,
 ) -> dict[str, int]:
-    """Screen and tile ``cities`` (default: the unlabelled ones) into the store at ``out``.
-
-    The screen threshold defaults to 1.2, looser than the project's 0.5: on these urban city
-    pairs, years apart, 0.5 keeps 246 of 2855 windows and 1.2 keeps 1346, at 0.86 instead of
-    0.99+ precision of kept windows (``benchmarks/results/change_screen.json``); pretraining
-    trades some purity for five times the triplets. Returns the triplets written per city.
-    """
+    """Screen and tile ``cities`` (default: the unlabelled ones) into the store at ``out``;
+    return the triplets written per city. With one city only, negatives come from that city."""
+    if negatives not in NEGATIVES:
+        raise ValueError(f"unknown negatives {negatives!r}; choose one of {list(NEGATIVES)}")
     dataset = OSCD(root)
     labelled = set(dataset.labelled_cities())
     if cities is None:
         cities = [c for c in dataset.cities("all") if c not in labelled]
     if not cities:
         raise OSCDError(f"no unlabelled OSCD city under {root} to pretrain on")
-    written: dict[str, int] = {}
+    scenes: dict[str, tuple[StackSource, pd.DataFrame]] = {}
     for name in cities:
         stack = city_stack(dataset.load(name, bands))
-        screen = screen_windows(stack, window, threshold, min_valid_fraction)
-        written[name] = tile_to_store(
+        scenes[name] = (
             StackSource(stack, bands),
+            screen_windows(stack, window, threshold, min_valid_fraction),
+        )
+    written: dict[str, int] = {}
+    for k, name in enumerate(cities):
+        source, screen = scenes[name]
+        other = _next_with_windows(cities, k, scenes) if negatives == "other-city" else None
+        pool = NegativePool(*scenes[other]) if other is not None else None
+        written[name] = tile_to_store(
+            source,
             screen,
             out,
             f"oscd-{name}",
@@ -98,11 +117,27 @@ def build_oscd_patch_store(
             seed,
             min_valid_fraction,
             min_negative_distance_px,
+            negative_pool=pool,
             values=SCENE_STANDARDISED,
         ).triplets
         unchanged = int(screen["unchanged"].sum())
-        log(f"{name}: {unchanged}/{len(screen)} windows unchanged, {written[name]} triplets")
+        negative_from = other or name
+        log(
+            f"{name}: {unchanged}/{len(screen)} windows unchanged, {written[name]} triplets "
+            f"(negatives from {negative_from})"
+        )
     return written
+
+
+def _next_with_windows(
+    cities: Sequence[str], k: int, scenes: dict[str, tuple[StackSource, pd.DataFrame]]
+) -> str | None:
+    """The first city after ``cities[k]`` (cyclically) with an unchanged window, None if none."""
+    for step in range(1, len(cities)):
+        other = cities[(k + step) % len(cities)]
+        if scenes[other][1]["unchanged"].any():
+            return other
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,7 +147,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="patch store root to write")
     parser.add_argument("--cities", help="comma-separated; default: every unlabelled city")
     parser.add_argument("--window", type=int, default=32, help="crop size in px")
-    parser.add_argument("--threshold", type=float, default=1.2, help="change-screen threshold")
+    parser.add_argument(
+        "--threshold", type=float, default=DEFAULT_THRESHOLD, help="change-screen threshold"
+    )
+    parser.add_argument(
+        "--negatives", choices=NEGATIVES, default="other-city", help="where negatives come from"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     cities = [c.strip() for c in args.cities.split(",") if c.strip()] if args.cities else None
@@ -124,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
             window=args.window,
             threshold=args.threshold,
             seed=args.seed,
+            negatives=args.negatives,
         )
     except (OSCDError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

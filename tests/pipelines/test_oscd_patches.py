@@ -34,6 +34,26 @@ def test_unlabelled_cities_become_one_shard_each_and_reruns_replace_them(tmp_pat
     assert shard_ids(store) == ["oscd-nolabel"]
 
 
+def test_negatives_come_from_the_next_city_with_unchanged_windows(tmp_path: Path) -> None:
+    release, store = make_release(tmp_path / "oscd"), tmp_path / "patches"
+    make_city(release, "other", (40, 48), label=False, noise_dn=30, split="test")
+    options = {"window": 8, "min_negative_distance_px": 16, "log": lambda _: None}
+    written = build_oscd_patch_store(release, store, **options)
+    assert sorted(written) == ["nolabel", "other"] and all(written.values())
+    table = read_patches(store)
+    for region, negative_region in (("oscd-nolabel", "oscd-other"), ("oscd-other", "oscd-nolabel")):
+        assert set(table.loc[table["region"] == region, "negative_region"]) == {negative_region}
+    same = tmp_path / "same"
+    build_oscd_patch_store(release, same, negatives="same-city", **options)
+    table = read_patches(same)
+    assert (table["negative_region"] == table["region"]).all()
+
+
+def test_unknown_negatives_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown negatives 'elsewhere'"):
+        build_oscd_patch_store(tmp_path, tmp_path / "patches", negatives="elsewhere")
+
+
 def test_a_release_without_unlabelled_cities_is_an_error(tmp_path: Path) -> None:
     make_city(tmp_path, "town", (40, 48))
     with pytest.raises(OSCDError, match="no unlabelled OSCD city"):
