@@ -1,25 +1,46 @@
 """OSCD fine-tuned change detection: a Siamese head on the pretrained encoder, against the same
-head on the encoder from random initialisation, in one run.
+head on the encoder from random initialisation, over several seeds.
 
 The head takes both dates' embeddings (the residual encoding of the ``--window`` px window around
 each pixel), their absolute difference, two 3 x 3 convolutions and a change logit per pixel. It
 is trained end to end (encoder included) on random crops of the training cities with flips and
 rotations, and scored on the test cities: precision / recall / F1 of the change class per city
-and micro. Both encoders get the same head initialisation, crops and steps. The probability
-threshold is the one that maximises F1 on the training cities (the test cities are never looked
-at before scoring). Default split: the labelled cities of ``test.txt`` are the test cities; where
-the release has no test labels (the shared copy), every second labelled city (sorted) is held out.
+and micro. The probability threshold is the one that maximises F1 on the training cities (the
+test cities are never looked at before scoring). Default split: the labelled cities of
+``test.txt`` are the test cities; where the release has no test labels (the shared copy), every
+second labelled city (sorted) is held out.
+
+Seeds: a fine-tuning depends on its head initialisation and crops, and OSCD holds out only a
+handful of test cities, so one run says little; the comparison is repeated for each seed of
+``--seeds`` (default: ``--seed`` and the two after it). Within a seed both encoders get the same
+head initialisation, crops, flips / rotations and steps; the random encoder is drawn anew from
+the seed (a stream of its own), so its spread covers its initialisation too. Every seed starts
+from a fresh copy of the pretrained encoder, so a seed's figures do not depend on which other
+seeds run. The report holds each seed's figures (``per_seed``: per encoder ``per_city``,
+``micro``, ``threshold``, ``final_loss``; and the ``difference`` pretrained minus random of micro
+precision / recall / F1), and over the seeds their ``mean`` and sample standard deviation
+(``std``, ddof 1; null for one seed). The top-level ``matter`` and ``random_init`` are the first
+seed's, as a single-seed run wrote them.
+
+Steps: ``DEFAULT_STEPS`` is sized so that the default run (three seeds, two encoders, threshold
+and scoring included) of the demo network (``configs/oscd.yaml``) takes at most about half an
+hour on an idle 2-core CPU, bounded by its cost on one thread; the measured cost is in
+``docs/results.md``. On a GPU, raise ``--steps``. On a CPU that other jobs share, give the run one
+thread (``OMP_NUM_THREADS=1``): the encoder's many small operations make two threads that wait on
+each other several times slower than one.
 
 The training cities are held in memory (OSCD's fourteen train cities are about 0.6 GB as float32
-at 13 bands; the authors' nine bands take less); test cities stream one at a time.
+at 13 bands; the authors' nine bands take less); test cities stream one at a time, once a seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,13 +56,40 @@ from matter_model.inputs import Normalizer, as_reflectance, input_normalizer
 from matter_model.matter import Matter
 from matter_model.metrics import ConfusionCounts, confusion_counts
 
+Log = Callable[[str], None]
+
+DEFAULT_STEPS = 250
+DEFAULT_SEED_COUNT = 3
+METRICS = ("precision", "recall", "f1")
+# A seed -> the encoder to fine-tune under it (a fresh one each call: fine-tuning changes it).
+EncoderFactory = Callable[[int], Matter]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: comma-separated distinct integers."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"seeds must be integers, got {text!r}") from error
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct and non-empty, got {text!r}")
+    return seeds
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The fine-tuning options (the shared --checkpoint, --out and --device come from the CLI)."""
     add_dataset_arguments(parser)
     parser.add_argument("--train-cities", help="comma-separated (default: see the description)")
     parser.add_argument("--test-cities", help="comma-separated (default: see the description)")
-    parser.add_argument("--steps", type=int, default=300, help="training steps per encoder")
+    parser.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        help=f"comma-separated seeds, one fine-tuning of each encoder per seed (default: "
+        f"{DEFAULT_SEED_COUNT} seeds from --seed: 0,1,2)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS, help="training steps per encoder and seed"
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="crop pairs per step")
     parser.add_argument("--crop", type=int, default=64, help="training crop size, px")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
@@ -136,7 +184,7 @@ def train_siamese(
     lr: float,
     seed: int,
     device: torch.device,
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> list[float]:
     """Train ``net`` end to end on random crops; return the loss of each step.
 
@@ -174,17 +222,108 @@ def train_siamese(
     return losses
 
 
+def seeds_of(args: argparse.Namespace) -> list[int]:
+    """The seeds to run: ``--seeds``, else ``DEFAULT_SEED_COUNT`` seeds from ``--seed``."""
+    seeds = getattr(args, "seeds", None)
+    return list(seeds) if seeds else [args.seed + k for k in range(DEFAULT_SEED_COUNT)]
+
+
+def random_encoder(config: Mapping[str, Any], seed: int, device: torch.device) -> Matter:
+    """The network of ``config`` from random initialisation, drawn from ``seed`` on a stream of
+    its own (not the head's: the same torch seed would repeat the head's draws in the encoder)."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
+    return build_model(dict(config)).to(device)
+
+
+def train_net(
+    encoder: Matter, train_set: Sequence[OSCDCity], args: argparse.Namespace, seed: int, log: Log
+) -> tuple[SiameseChangeNet, dict[str, Any]]:
+    """The Siamese head on ``encoder`` trained under ``seed``, with its F1-best threshold on the
+    training cities and final loss (the mean of the last 50 steps)."""
+    device = torch.device(args.device)
+    torch.manual_seed(seed)  # the same head initialisation (and any dropout) for every encoder
+    net = SiameseChangeNet(encoder, args.window).to(device)
+    losses = train_siamese(
+        net, train_set, args.steps, args.batch_size, args.crop, args.lr, seed, device, log
+    )
+    threshold = best_f1_threshold(
+        [net.predict(c, device) for c in train_set],
+        [c.label for c in train_set],
+        [c.valid for c in train_set],
+    )
+    return net, {"threshold": threshold, "final_loss": float(np.mean(losses[-50:]))}
+
+
+def score(
+    nets: Mapping[str, tuple[SiameseChangeNet, float]],
+    test_cities: Sequence[str],
+    load: Callable[[str], OSCDCity],
+    device: torch.device,
+) -> dict[str, dict[str, Any]]:
+    """``{name: {"per_city", "micro"}}`` of each (net, threshold) on the test cities, each city
+    loaded once for all the nets."""
+    per_city: dict[str, dict[str, Any]] = {name: {} for name in nets}
+    totals = {name: ConfusionCounts() for name in nets}
+    for city_name in test_cities:
+        city = load(city_name)
+        for name, (net, threshold) in nets.items():
+            counts = confusion_counts(
+                net.predict(city, device) >= threshold, city.label, city.valid
+            )
+            per_city[name][city_name] = {**counts.as_dict(), "threshold": threshold}
+            totals[name] = totals[name] + counts
+    return {name: {"per_city": per_city[name], "micro": totals[name].as_dict()} for name in nets}
+
+
+def finetune_seed(
+    encoders: Mapping[str, EncoderFactory],
+    seed: int,
+    train_set: Sequence[OSCDCity],
+    test_cities: Sequence[str],
+    load: Callable[[str], OSCDCity],
+    args: argparse.Namespace,
+    log: Log = print,
+) -> dict[str, Any]:
+    """One seed's comparison: per encoder ``per_city``, ``micro``, ``threshold`` and
+    ``final_loss``; with two encoders, the ``difference`` first minus second of micro P/R/F1."""
+    nets, fitted = {}, {}
+    for name, make in encoders.items():
+        log(f"seed {seed}: fine-tuning the Siamese head on the {name} encoder")
+        net, fitted[name] = train_net(make(seed), train_set, args, seed, log)
+        nets[name] = (net, fitted[name]["threshold"])
+    scores = score(nets, test_cities, load, torch.device(args.device))
+    report: dict[str, Any] = {name: {**scores[name], **fitted[name]} for name in encoders}
+    if len(encoders) == 2:
+        first, second = (report[name]["micro"] for name in encoders)
+        report["difference"] = {m: first[m] - second[m] for m in METRICS}
+    return report
+
+
+def aggregate(per_seed: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Mean and sample standard deviation (ddof 1; None for one seed) over the seeds of each
+    encoder's micro P/R/F1 and of the difference."""
+    mean: dict[str, Any] = {}
+    std: dict[str, Any] = {}
+    for entry in next(iter(per_seed.values())):
+        figures = [r[entry].get("micro", r[entry]) for r in per_seed.values()]
+        values = {m: np.array([f[m] for f in figures], dtype=np.float64) for m in METRICS}
+        mean[entry] = {m: float(v.mean()) for m, v in values.items()}
+        std[entry] = {m: float(v.std(ddof=1)) if v.size > 1 else None for m, v in values.items()}
+    return mean, std
+
+
 def finetune(
-    encoders: dict[str, Matter],
+    encoders: Mapping[str, EncoderFactory],
     dataset: OSCD,
     bands: Sequence[str],
     train_cities: Sequence[str],
     test_cities: Sequence[str],
     args: argparse.Namespace,
-    log: Callable[[str], None] = print,
+    log: Log = print,
     prepare: Normalizer = as_reflectance,
 ) -> dict[str, Any]:
-    """Train a Siamese head on each encoder of ``encoders``, test it on ``test_cities``.
+    """Train a Siamese head on a fresh encoder of each factory of ``encoders`` for each seed,
+    test it on ``test_cities``; the report described in the module docstring.
 
     Both dates of every city are prepared by ``prepare`` (the encoders' training inputs).
     """
@@ -194,7 +333,6 @@ def finetune(
             f"fine-tuning needs disjoint, non-empty train and test cities; got train "
             f"{list(train_cities)}, test {list(test_cities)}"
         )
-    device = torch.device(args.device)
 
     def load(name: str) -> OSCDCity:
         city = dataset.load(name, bands, require_label=True)
@@ -203,54 +341,51 @@ def finetune(
         )
 
     train_set = [load(c) for c in train_cities]
-    report: dict[str, Any] = {
+    seeds = seeds_of(args)
+    per_seed = {}
+    for seed in seeds:
+        started = time.perf_counter()
+        per_seed[str(seed)] = finetune_seed(encoders, seed, train_set, test_cities, load, args, log)
+        log(f"seed {seed} done in {time.perf_counter() - started:.0f} s")
+    mean, std = aggregate(per_seed)
+    first = per_seed[str(seeds[0])]
+    return {
         "train_cities": list(train_cities),
         "test_cities": list(test_cities),
         "steps": args.steps,
         "batch_size": args.batch_size,
         "crop": args.crop,
         "lr": args.lr,
+        "seeds": seeds,
+        **{name: first[name] for name in encoders},
+        "per_seed": per_seed,
+        "mean": mean,
+        "std": std,
     }
-    for name, encoder in encoders.items():
-        log(f"fine-tuning the Siamese head on the {name} encoder")
-        torch.manual_seed(args.seed)  # the same head initialisation for every encoder
-        net = SiameseChangeNet(encoder, args.window).to(device)
-        losses = train_siamese(
-            net, train_set, args.steps, args.batch_size, args.crop, args.lr, args.seed, device, log
-        )
-        threshold = best_f1_threshold(
-            [net.predict(c, device) for c in train_set],
-            [c.label for c in train_set],
-            [c.valid for c in train_set],
-        )
-        per_city, total = {}, ConfusionCounts()
-        for city_name in test_cities:
-            city = load(city_name)
-            counts = confusion_counts(
-                net.predict(city, device) >= threshold, city.label, city.valid
-            )
-            per_city[city_name] = {**counts.as_dict(), "threshold": threshold}
-            total = total + counts
-        report[name] = {
-            "per_city": per_city,
-            "micro": total.as_dict(),
-            "threshold": threshold,
-            "final_loss": float(np.mean(losses[-50:])),
-        }
-    return report
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Fine-tune on the checkpoint's encoder and on a randomly initialised one; the metrics
-    written to ``--out``."""
+def mean_std_summary(name: str, mean: Mapping[str, float], std: Mapping[str, Any]) -> str:
+    """One line of micro P / R / F1 as mean ± standard deviation over the seeds."""
+    parts = [
+        f"{label} {mean[m]:.4f}" + ("" if std[m] is None else f" ± {std[m]:.4f}")
+        for label, m in zip(("P", "R", "F1"), METRICS, strict=True)
+    ]
+    return f"  {name:22s} " + " ".join(parts)
+
+
+def run(args: argparse.Namespace, log: Log = print) -> dict[str, Any]:
+    """Fine-tune on the checkpoint's encoder and on randomly initialised ones, for each seed;
+    the metrics written to ``--out``."""
     task = setup(args)
     train_cities, test_cities = default_split(task.dataset, task.cities)
     train_cities = names(args.train_cities) or train_cities
     test_cities = names(args.test_cities) or test_cities
     log(f"oscd-finetune: checkpoint {args.checkpoint}, train {train_cities}, test {test_cities}")
-    torch.manual_seed(int(task.config.get("seed", 0)))
-    random_init = build_model(task.config).to(torch.device(args.device))
-    encoders = {"matter": task.model, "random_init": random_init}
+    device = torch.device(args.device)
+    encoders: dict[str, EncoderFactory] = {
+        "matter": lambda seed: copy.deepcopy(task.model),
+        "random_init": lambda seed: random_encoder(task.config, seed, device),
+    }
     metrics = {
         "task": "oscd-finetune",
         "checkpoint": str(args.checkpoint),
@@ -268,6 +403,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             input_normalizer(task.config),
         ),
     }
-    for name in encoders:
-        log(summary(f"fine-tuned {name}", metrics[name]["micro"]))
+    for seed, report in metrics["per_seed"].items():
+        for name in encoders:
+            log(summary(f"seed {seed} {name}", report[name]["micro"]))
+    log(f"fine-tuned, micro over {len(metrics['seeds'])} seeds (mean ± std):")
+    for name in [*encoders, "difference"]:
+        log(mean_std_summary(name, metrics["mean"][name], metrics["std"][name]))
     return metrics
