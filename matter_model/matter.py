@@ -1,4 +1,10 @@
-"""The MATTER model (stem, TeRN, ResNet backbone, Surface Residual Encoder) and its registry."""
+"""The MATTER model (stem, TeRN, ResNet backbone, Surface Residual Encoder) and its registry.
+
+The defaults build this project's network: a learned pixel-adaptive TeRN (``tern: pac``) and
+basic residual blocks. ``tern: pamr`` with ``concat_input``, ``block: bottleneck`` and ``aspp``
+build the authors' released one (``configs/authors.yaml``): a weightless PAMR refinement driven by
+the image, the refined features concatenated with the raw bands, a bottleneck ResNet and ASPP.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +14,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from matter_model.backbone import NORMS, Backbone, Stem
+from matter_model.aspp import ASPP
+from matter_model.backbone import NORMS, Backbone, InputConcat, Stem
+from matter_model.pamr import PAMR
 from matter_model.residual_encoder import ResidualEncoder
 from matter_model.tern import TeRN
 
 DEFAULT_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12")
+
+# Texture refinement networks by name, built from the model's TeRN settings; each module's
+# ``forward(features, image)`` returns refined features of the same shape.
+TERNS: dict[str, Callable[..., nn.Module]] = {
+    "pac": lambda width, layers, kernel, eps, norm, **_: TeRN(width, layers, kernel, eps, norm),
+    "pamr": lambda iterations, **_: PAMR(iterations),
+}
 
 
 class Matter(nn.Module):
     """Dense material/texture embeddings of multispectral images.
 
     ``bands`` names the input channels in order (``in_channels = len(bands)``). The stem and TeRN
-    work at ``width`` channels; the backbone has ``len(blocks)`` stages; the residual encoder has
-    ``codewords`` cluster centres and ``embed_dim`` output dims.
+    work at ``width`` channels; ``tern`` (a key of ``TERNS``) is ``pac`` (``tern_layers`` learned
+    layers of ``tern_kernel`` px) or ``pamr`` (``tern_iterations`` weightless rounds driven by
+    the image); ``concat_input`` adds the raw bands to the TeRN output through one 3x3
+    convolution; the backbone has ``len(blocks)`` stages of ``block`` blocks (``basic`` or
+    ``bottleneck``); ``aspp`` adds ASPP of ``aspp_channels`` (image pooling over ``aspp_pool``
+    px, or the whole input with ``None``); the residual encoder has ``codewords`` cluster centres
+    and ``embed_dim`` output dims. The defaults add no module and no parameter to the network
+    that configs without these keys describe, so their checkpoints load unchanged.
     """
 
     def __init__(
@@ -34,17 +55,38 @@ class Matter(nn.Module):
         codewords: int = 32,
         embed_dim: int = 128,
         norm: str = "batch",
+        tern: str = "pac",
+        tern_iterations: int = 10,
+        concat_input: bool = False,
+        block: str = "basic",
+        aspp: bool = False,
+        aspp_channels: int = 256,
+        aspp_pool: int | None = 7,
     ) -> None:
         super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"unknown norm {norm!r}; choose one of {sorted(NORMS)}")
+        _check_choice("norm", norm, NORMS)
+        _check_choice("tern", tern, TERNS)
         self.bands = tuple(bands)
         self.in_channels = len(self.bands)
         norm_layer = NORMS[norm]
         self.stem = Stem(self.in_channels, width, norm_layer)
-        self.tern = TeRN(width, tern_layers, tern_kernel, tern_eps, norm_layer)
-        self.backbone = Backbone(width, list(blocks), norm_layer)
-        self.encoder = ResidualEncoder(self.backbone.out_channels, codewords, embed_dim)
+        self.tern = TERNS[tern](
+            width=width,
+            layers=tern_layers,
+            kernel=tern_kernel,
+            eps=tern_eps,
+            norm=norm_layer,
+            iterations=tern_iterations,
+        )
+        self.fuse = InputConcat(width, self.in_channels, norm_layer) if concat_input else None
+        self.backbone = Backbone(width, list(blocks), norm_layer, block)
+        dim = aspp_channels if aspp else self.backbone.out_channels
+        self.aspp = (
+            ASPP(self.backbone.out_channels, dim, norm_layer, pool=aspp_pool)
+            if aspp
+            else nn.Identity()
+        )
+        self.encoder = ResidualEncoder(dim, codewords, embed_dim)
         self.embed_dim = embed_dim
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +95,10 @@ class Matter(nn.Module):
             raise ValueError(
                 f"the model expects {self.in_channels} bands {list(self.bands)}, got {x.shape[1]}"
             )
-        return self.backbone(self.tern(self.stem(x)))
+        refined = self.tern(self.stem(x), x)
+        if self.fuse is not None:
+            refined = self.fuse(refined, x)
+        return self.aspp(self.backbone(refined))
 
     def embed(self, x: torch.Tensor, window: int) -> torch.Tensor:
         """L2-normalised embeddings (B, E, H, W) of the ``window`` px window around each pixel."""
@@ -72,6 +117,11 @@ class Matter(nn.Module):
 
     def forward(self, x: torch.Tensor, window: int) -> torch.Tensor:
         return self.embed(x, window)
+
+
+def _check_choice(what: str, name: str, registry: dict[str, object]) -> None:
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {sorted(registry)}")
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"matter": Matter}

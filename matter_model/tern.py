@@ -69,7 +69,9 @@ class TeRNLayer(nn.Module):
 
 
 class TeRN(nn.Sequential):
-    """``layers`` TeRN layers of ``channels`` channels."""
+    """``layers`` TeRN layers of ``channels`` channels; ``forward(x, image=None)`` takes the
+    input image as the PAMR variant (:class:`matter_model.pamr.PAMR`) does, and ignores it: these
+    kernels come from the features themselves."""
 
     def __init__(
         self,
@@ -80,3 +82,8 @@ class TeRN(nn.Sequential):
         norm: Callable[[int], nn.Module] = nn.BatchNorm2d,
     ) -> None:
         super().__init__(*(TeRNLayer(channels, kernel_size, eps, norm) for _ in range(layers)))
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self:
+            x = layer(x)
+        return x

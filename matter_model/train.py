@@ -215,7 +215,9 @@ def _check_resumable(state: dict[str, Any], cfg: dict[str, Any], path: Path) -> 
             f"cannot resume from {path}: it was trained on bands {saved.get('bands')}, this "
             f"config has {cfg['bands']}"
         )
-    theirs, ours = saved.get("model", {}), cfg["model"]
+    # Keys a checkpoint's config lacks had their defaults: an older checkpoint still resumes.
+    theirs = {**_defaults()["model"], **saved.get("model", {})}
+    ours = cfg["model"]
     differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
     if differ:
         detail = ", ".join(f"{k}: {theirs.get(k)} there, {ours.get(k)} here" for k in differ)
