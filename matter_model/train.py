@@ -26,13 +26,14 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import yaml
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
@@ -46,6 +47,39 @@ __all__ = ["ConfigError", "TrainingDivergedError", "load_config", "load_model", 
 CONFIG_DIR = Path(__file__).parent / "configs"
 CHECKPOINT = "checkpoint.pt"
 _SEED_STRIDE = 1_000_003
+
+
+def _adam(parameters: Iterable[nn.Parameter], cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(
+        parameters, lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"])
+    )
+
+
+def _sgd(parameters: Iterable[nn.Parameter], cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        parameters,
+        lr=float(cfg["lr"]),
+        momentum=float(cfg["momentum"]),
+        weight_decay=float(cfg["weight_decay"]),
+    )
+
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter], dict[str, Any]], torch.optim.Optimizer]
+# Optimisers by the config's ``optimizer``; each reads ``lr``, ``weight_decay`` and its own keys.
+OPTIMIZERS: dict[str, OptimizerFactory] = {
+    "adam": _adam,
+    "sgd": _sgd,
+}
+
+
+def build_optimizer(
+    parameters: Iterable[nn.Parameter], cfg: dict[str, Any]
+) -> torch.optim.Optimizer:
+    """The optimiser ``cfg['optimizer']`` names (Adam for configs older than the key)."""
+    name = cfg.get("optimizer", "adam")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name](parameters, cfg)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -216,7 +250,8 @@ def _check_resumable(state: dict[str, Any], cfg: dict[str, Any], path: Path) -> 
             f"config has {cfg['bands']}"
         )
     # Keys a checkpoint's config lacks had their defaults: an older checkpoint still resumes.
-    theirs = {**_defaults()["model"], **saved.get("model", {})}
+    defaults = _defaults()
+    theirs = {**defaults["model"], **saved.get("model", {})}
     ours = cfg["model"]
     differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
     if differ:
@@ -224,6 +259,13 @@ def _check_resumable(state: dict[str, Any], cfg: dict[str, Any], path: Path) -> 
         raise ValueError(
             f"cannot resume from {path}: its model architecture differs from this config's "
             f"({detail}); use another --out or the checkpoint's model settings"
+        )
+    theirs_opt = saved.get("optimizer", defaults["optimizer"])
+    ours_opt = cfg.get("optimizer", defaults["optimizer"])
+    if theirs_opt != ours_opt:
+        raise ValueError(
+            f"cannot resume from {path}: it was trained with {theirs_opt}, this config has "
+            f"{ours_opt}"
         )
 
 
@@ -262,9 +304,7 @@ def _train(
 
     torch.manual_seed(seed)
     model = build_model(cfg).to(device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"])
-    )
+    optimizer = build_optimizer(model.parameters(), cfg)
     start, history = 0, []
     if cfg.get("resume"):
         state = load_checkpoint(checkpoint_path, device)
