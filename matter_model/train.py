@@ -12,9 +12,10 @@ InfoNCE loss (whose negatives are the whole batch's sub-patches) is the loss of 
 the same as one process would compute. Only rank 0 writes checkpoints, metrics, the PNG and logs.
 
 The run is deterministic given the seed: the model is initialised from ``seed``, the triplets of
-step s come from a permutation drawn from (seed, epoch of s) and the sub-patch positions from
-(seed, s), so ``--resume`` from ``out/checkpoint.pt`` continues the exact loss trajectory of an
-uninterrupted run. A NaN or infinite loss stops the run with ``TrainingDivergedError`` and leaves
+step s come from a permutation drawn from (seed, epoch of s), the sub-patch positions and the
+positive crops' perturbations (``augment``, :mod:`matter_model.augment`) from (seed, s), so
+``--resume`` from ``out/checkpoint.pt`` continues the exact loss trajectory of an uninterrupted
+run. A NaN or infinite loss stops the run with ``TrainingDivergedError`` and leaves
 the last good checkpoint in place.
 """
 
@@ -38,6 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from matter_model.atomic_io import atomic_write_text
+from matter_model.augment import PositiveJitter
 from matter_model.checkpoint import build_model, load_checkpoint, load_model, save_checkpoint
 from matter_model.loss import sample_positions, subpatch_info_nce
 from matter_model.patch_store import ROLES, TripletDataset
@@ -351,13 +353,15 @@ def _train(
         int(cfg["subpatch"]),
         int(cfg["subpatches_per_crop"]),
     )
+    jitter = PositiveJitter.from_config(cfg["augment"])
     net = DistributedDataParallel(model) if world > 1 else model
     model.train()
     began = time.perf_counter()
     tick = began
     for step, batch in zip(range(start, steps), loader, strict=True):
-        crops = torch.cat([batch[role] for role in ROLES]).to(device, non_blocking=True)
         generator = torch.Generator().manual_seed(seed * _SEED_STRIDE + step)
+        batch["positive"] = jitter(batch["positive"], generator)
+        crops = torch.cat([batch[role] for role in ROLES]).to(device, non_blocking=True)
         positions = sample_positions(batch_size, count, size, subpatch, generator)
         negative_positions = sample_positions(batch_size, count, size, subpatch, generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

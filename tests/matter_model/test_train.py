@@ -109,6 +109,18 @@ def test_resume_equals_uninterrupted(store, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
+def test_augmented_positives_change_training_and_resume_exactly(store, tmp_path):
+    augment = dict(gain=0.1, offset=0.1, noise=0.05, shift_px=1)
+    plain = train(tiny_config(store, tmp_path / "plain"), log=lambda _: None)
+    full = train(tiny_config(store, tmp_path / "full", augment=augment), log=lambda _: None)
+    assert full["loss_history"] != plain["loss_history"]
+    train(tiny_config(store, tmp_path / "split", steps=2, augment=augment), log=lambda _: None)
+    resumed = train(
+        tiny_config(store, tmp_path / "split", resume=True, augment=augment), log=lambda _: None
+    )
+    np.testing.assert_allclose(resumed["loss_history"], full["loss_history"], rtol=1e-5)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path, capsys):
     config = tiny_config(store, tmp_path, steps=8, lr=1e30, checkpoint_every=1)
     with pytest.raises(TrainingDivergedError, match="last good checkpoint"):
