@@ -1,10 +1,13 @@
 """Generate the demo world: synthetic Sentinel-2 L2A COGs, STAC metadata and ground truth.
 
 Each region is covered, on every date, by one tile on its UTM grid: the region plus a margin,
-origin snapped to 60 m like real S2 tiles. Per date the surface is rendered on the 10 m grid,
-shifted by a known sub-pixel amount, seen through a different atmosphere, clouds and their
-shadows, with sensor noise, then block-averaged to each band's native resolution and written as
-Earth Search v1 style COGs. Ground truth (materials, changes) is on the unshifted 10 m grid.
+origin snapped to 60 m like real S2 tiles. Per date the surface is rendered on the 10 m grid
+under that date's conditions (crop calendars per parcel, leaf-out and browning per forest stand,
+soil moisture, river turbidity and level, the sun on the terrain: ``phenology``), shifted by a
+known sub-pixel amount, seen through a different atmosphere, clouds and their shadows, with
+sensor noise, then block-averaged to each band's native resolution and written as Earth Search
+v1 style COGs. Ground truth (materials, changes) is on the unshifted 10 m grid: the conditions
+of a date never change it, only the planted land-cover changes do.
 """
 
 from __future__ import annotations
@@ -32,12 +35,18 @@ from pipelines.demo_world.materials import (
     Material,
     Textures,
     make_textures,
-    render_surface,
     smooth_noise,
+)
+from pipelines.demo_world.phenology import (
+    Conditions,
+    Phenology,
+    date_conditions,
+    make_phenology,
+    render_surface,
 )
 
 # Bump when the output changes for an unchanged spec, so that old worlds are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 COLLECTION_ID = "sentinel-2-l2a"
 STAC_VERSION = "1.0.0"
 ITEM_EXTENSIONS = [
@@ -53,6 +62,7 @@ OLD_BASELINE, NEW_BASELINE = "03.01", "05.10"
 DN_SCALE = 0.0001
 NOISE_SIGMA = 0.002  # sensor noise, reflectance units
 GRID_SNAP_M = 60
+VEGETATION_NDVI = 0.4  # SCL: land above it is vegetation on that date
 
 
 @dataclass(frozen=True)
@@ -227,7 +237,7 @@ CHANGE_KINDS: tuple[tuple[str, tuple[Material, ...], Material], ...] = (
     ("clearcut", (Material.FOREST,), Material.BARE_SOIL),
     ("construction", (Material.CROP_MAIZE, Material.CROP_WHEAT), Material.BUILT_UP),
     ("flooding", (Material.BARE_SOIL,), Material.WATER),
-    ("earthworks", (Material.CROP_MAIZE, Material.CROP_WHEAT), Material.BARE_SOIL),
+    ("earthworks", (Material.CROP_MAIZE, Material.CROP_WHEAT), Material.EXCAVATION),
 )
 
 
@@ -313,9 +323,15 @@ def block_mean(array: np.ndarray, factor: int) -> np.ndarray:
 
 
 def cloud_fields(
-    rng: np.random.Generator, shape: tuple[int, int], fraction: float
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    fraction: float,
+    sun_deg: tuple[float, float] = (55.0, 143.0),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cloud opacity (0-1, thin cirrus margins up to 0.25) and cloud-shadow strength (0-1)."""
+    """Cloud opacity (0-1, thin cirrus margins up to 0.25) and cloud-shadow strength (0-1).
+
+    Shadows fall away from the sun (``sun_deg``: elevation, azimuth), longer when it is lower.
+    """
     pad = 20
     size = min(shape)
     big = (shape[0] + 2 * pad, shape[1] + 2 * pad)
@@ -326,26 +342,36 @@ def cloud_fields(
     cirrus = 0.25 * np.clip((noise - low) / margin, 0, 1)
     thick = 0.75 * np.clip((noise - low - margin) / (0.6 * inner.std()), 0, 1)
     opacity = np.where(noise > low, cirrus + thick, 0.0)
-    # Shadows fall away from a south-eastern morning sun: north-west of the cloud.
-    length = rng.uniform(10, 15)
-    dy, dx = -round(0.8 * length), -round(0.6 * length)
+    elevation, azimuth = np.radians(sun_deg)
+    length = min(rng.uniform(10, 15) * np.tan(np.radians(55.0)) / np.tan(elevation), pad)
+    dy, dx = round(length * np.cos(azimuth)), -round(length * np.sin(azimuth))  # rows: south
     shadow = (thick / 0.75)[pad - dy : pad - dy + shape[0], pad - dx : pad - dx + shape[1]]
     opacity = opacity[pad:-pad, pad:-pad]
     return opacity.astype(np.float32), (shadow * (1 - opacity)).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Scene:
+    """What the ground of one date is: its material map, textures, traits and conditions."""
+
+    materials: np.ndarray
+    textures: Textures
+    phenology: Phenology
+    conditions: Conditions
+
+    def surface(self) -> np.ndarray:
+        return render_surface(self.materials, self.textures, self.phenology, self.conditions)
+
+
 def observe(
     rng: np.random.Generator,
-    materials: np.ndarray,
-    textures: Textures,
-    date: str,
+    scene: Scene,
     shift_px: tuple[float, float],
     cloud_fraction: float,
 ) -> Observation:
     """Render one date: surface, sub-pixel shift, atmosphere, clouds and shadows, noise, SCL."""
     wavelengths = np.array([b.center_wavelength_um for b in SPECTRAL_BANDS], np.float32)
-    day_of_year = dt.date.fromisoformat(date).timetuple().tm_yday
-    surface = render_surface(materials, textures, day_of_year)
+    surface, materials = scene.surface(), scene.materials
     if shift_px != (0.0, 0.0):
         surface = np.stack(
             [ndimage.shift(band, shift_px, order=3, mode="nearest") for band in surface]
@@ -357,13 +383,14 @@ def observe(
         rng.uniform(0.9, 1.1) * (1 + rng.uniform(-0.04, 0.04, len(wavelengths))), 0.85, 1.15
     ).astype(np.float32)
     haze = (rng.uniform(0.0, 0.03) * (wavelengths[0] / wavelengths) ** 2).astype(np.float32)
-    opacity, shadow = cloud_fields(rng, materials.shape, cloud_fraction)
+    sun = (scene.conditions.sun_elevation_deg, scene.conditions.sun_azimuth_deg)
+    opacity, shadow = cloud_fields(rng, materials.shape, cloud_fraction, sun)
     seen = surface * gain[:, None, None] + haze[:, None, None]
     seen *= 1 - 0.6 * shadow
     seen = (1 - opacity) * seen + opacity * CLOUD[:, None, None]
     seen += rng.normal(0.0, NOISE_SIGMA, seen.shape).astype(np.float32)
 
-    scl = scene_classification(materials, opacity, shadow)
+    scl = scene_classification(materials, ndvi(surface), opacity, shadow)
     counts = np.bincount(scl.ravel(), minlength=12) / scl.size * 100
     return Observation(
         reflectance=seen.astype(np.float32),
@@ -376,14 +403,27 @@ def observe(
     )
 
 
+def ndvi(reflectance: np.ndarray) -> np.ndarray:
+    """(B08 - B04) / (B08 + B04) of a (bands, rows, cols) array in ``SPECTRAL_BANDS`` order."""
+    names = [b.name for b in SPECTRAL_BANDS]
+    red, nir = reflectance[names.index("B04")], reflectance[names.index("B08")]
+    return (nir - red) / np.maximum(nir + red, 1e-6)
+
+
 def scene_classification(
-    materials: np.ndarray, opacity: np.ndarray, shadow: np.ndarray
+    materials: np.ndarray, ndvi: np.ndarray, opacity: np.ndarray, shadow: np.ndarray
 ) -> np.ndarray:
-    """SCL at 20 m: majority surface class, overridden by cloud, cirrus and shadow."""
+    """SCL at 20 m: majority surface class, overridden by cloud, cirrus and shadow.
+
+    Land is vegetation (4) where its NDVI exceeds ``VEGETATION_NDVI`` on this date, else not
+    vegetated (5): a field before emergence or after harvest is bare, as Sen2Cor sees it.
+    """
     lookup = np.zeros(256, np.uint8)
     for material, scl_class in MATERIAL_SCL.items():
         lookup[material] = scl_class
     classes = lookup[materials]
+    land = np.isin(classes, [4, 5])
+    classes[land] = np.where(ndvi[land] > VEGETATION_NDVI, 4, 5)
     candidates = np.array([4, 5, 6], np.uint8)
     fractions = np.stack([block_mean((classes == c).astype(np.float32), 2) for c in candidates])
     scl = candidates[fractions.argmax(axis=0)]
@@ -535,23 +575,41 @@ def _rng(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, *stream])
 
 
-def _region(
-    spec: DemoWorldSpec, index: int, region: RegionSpec, build: Path, root: Path, wrong_flag: bool
-) -> tuple[dict, list[dict]]:
-    """Generate one region's files under ``build``; return its manifest entry and items."""
+@dataclass(frozen=True)
+class _Tile:
+    """What every date of one region shares while its files are written."""
+
+    spec: DemoWorldSpec
+    region: RegionSpec
+    grid: TileGrid
+    mgrs: tuple[int, str, str]  # (UTM zone, latitude band, grid square)
+    build: Path
+    root: Path
+    wrong_flag: bool  # this region's first item carries a wrong boa_offset_applied flag
+
+    @property
+    def grid_code(self) -> str:
+        return "".join(str(part) for part in self.mgrs)
+
+
+def _tile(
+    spec: DemoWorldSpec, region: RegionSpec, build: Path, root: Path, wrong_flag: bool
+) -> _Tile:
     grid = tile_grid(region, spec.margin_px)
     shape = grid.shape(10)
     if shape[0] % 6 or shape[1] % 6:
         raise AssertionError(f"tile shape {shape} is not a multiple of 6 px")
-    base, textures = layout_materials(_rng(spec.seed, index, 0), shape)
-    changes = plan_changes(_rng(spec.seed, index, 1), base, grid.region_window(), len(spec.dates))
     cx = (grid.region_bounds[0] + grid.region_bounds[2]) / 2
     cy = (grid.region_bounds[1] + grid.region_bounds[3]) / 2
-    zone, lat_band, square = mgrs_square(region.epsg, *region.center_lonlat, cx, cy)
-    grid_code = f"{zone}{lat_band}{square}"
-    geometry, bbox = lonlat_footprint(grid)
-    region_dir = build / region.name
-    entry: dict = {
+    mgrs = mgrs_square(region.epsg, *region.center_lonlat, cx, cy)
+    return _Tile(spec, region, grid, mgrs, build, root, wrong_flag)
+
+
+def _region_entry(tile: _Tile, changes: list[PlantedChange]) -> dict:
+    """The region's manifest entry before any date is written."""
+    grid, region, dates = tile.grid, tile.region, tile.spec.dates
+    tminx, tmaxy = grid.tile_bounds[0], grid.tile_bounds[3]
+    return {
         "name": region.name,
         "epsg": region.epsg,
         "bbox": list(
@@ -561,123 +619,153 @@ def _region(
         ),
         "region_bounds_utm": list(grid.region_bounds),
         "tile_bounds_utm": list(grid.tile_bounds),
-        "tile_shape_10m": list(shape),
+        "tile_shape_10m": list(grid.shape(10)),
         "region_window_px": list(grid.region_window()),
-        "grid_code": f"MGRS-{grid_code}",
-        "dates": list(spec.dates),
+        "grid_code": f"MGRS-{tile.grid_code}",
+        "dates": list(dates),
         "item_ids": {},
         "processing_baselines": {},
         "shifts_px": {},
         "atmosphere": {},
+        "surface": {},
         "cloud_cover": {},
         "changes": [
             {
                 "kind": c.kind,
                 "material_from": c.material_from.name.lower(),
                 "material_to": c.material_to.name.lower(),
-                "from_date": spec.dates[c.from_index],
+                "from_date": dates[c.from_index],
                 "bounds_px": list(c.bounds_px),
                 "bounds_utm": [
-                    grid.tile_bounds[0] + 10 * c.bounds_px[1],
-                    grid.tile_bounds[3] - 10 * c.bounds_px[2],
-                    grid.tile_bounds[0] + 10 * c.bounds_px[3],
-                    grid.tile_bounds[3] - 10 * c.bounds_px[0],
+                    tminx + 10 * c.bounds_px[1],
+                    tmaxy - 10 * c.bounds_px[2],
+                    tminx + 10 * c.bounds_px[3],
+                    tmaxy - 10 * c.bounds_px[0],
                 ],
             }
             for c in changes
         ],
         "truth": {"materials": {}, "change": {}},
     }
-    items = []
+
+
+def _date_shift(rng: np.random.Generator, index: int, max_shift_px: float) -> tuple:
+    """The date's planted sub-pixel shift; none on the first date."""
+    if index == 0:
+        return (0.0, 0.0)
+    return tuple(round(float(v), 3) for v in rng.uniform(-max_shift_px, max_shift_px, 2))
+
+
+def _item_properties(tile: _Tile, i: int, obs: Observation, baseline: str, platform: str) -> dict:
+    """The STAC item properties of date ``i``."""
+    zone, lat_band, square = tile.mgrs
+    pct = obs.scl_percentages
+    return {
+        "datetime": acquisition_time(tile.spec.dates[i], tile.region.center_lonlat[0]),
+        "platform": platform,
+        "constellation": "sentinel-2",
+        "instruments": ["msi"],
+        "eo:cloud_cover": round(obs.cloud_cover, 6),
+        "proj:epsg": tile.region.epsg,
+        "mgrs:utm_zone": zone,
+        "mgrs:latitude_band": lat_band,
+        "mgrs:grid_square": square,
+        "grid:code": f"MGRS-{tile.grid_code}",
+        "s2:product_type": "S2MSI2A",
+        "s2:processing_baseline": baseline,
+        "s2:nodata_pixel_percentage": 0,
+        "s2:cloud_shadow_percentage": round(pct[3], 6),
+        "s2:vegetation_percentage": round(pct[4], 6),
+        "s2:not_vegetated_percentage": round(pct[5], 6),
+        "s2:water_percentage": round(pct[6], 6),
+        "s2:medium_proba_clouds_percentage": round(pct[8], 6),
+        "s2:high_proba_clouds_percentage": round(pct[9], 6),
+        "s2:thin_cirrus_percentage": round(pct[10], 6),
+        "s2:sequence": "0",
+        # Deliberately wrong on one item, as on some real Earth Search items.
+        "earthsearch:boa_offset_applied": (baseline >= BOA_OFFSET_BASELINE)
+        != (tile.wrong_flag and i == 0),
+    }
+
+
+def _write_item(tile: _Tile, i: int, obs: Observation) -> dict:
+    """Write date ``i``'s COGs under ``tile.build`` and return its STAC item."""
+    grid, epsg, date = tile.grid, tile.region.epsg, tile.spec.dates[i]
+    baseline = OLD_BASELINE if i == 0 else NEW_BASELINE
+    platform = "sentinel-2b" if i % 2 == 0 else "sentinel-2a"
+    item_id = f"S2{platform[-1].upper()}_{tile.grid_code}_{date.replace('-', '')}_0_L2A"
+    item_dir = tile.build / tile.region.name / item_id
+    final_dir = tile.root / tile.region.name / item_id
+    assets = {}
+    for b, band in enumerate(SPECTRAL_BANDS):
+        factor = band.resolution_m // 10
+        values = obs.reflectance[b] if factor == 1 else block_mean(obs.reflectance[b], factor)
+        path = item_dir / f"{band.name}.tif"
+        write_cog(path, to_dn(values, baseline), grid.transform(band.resolution_m), epsg)
+        href = (final_dir / f"{band.name}.tif").as_uri()
+        assets[band.earth_search_key] = band_asset(band.name, href, grid, baseline)
+    write_cog(item_dir / "SCL.tif", obs.scl, grid.transform(SCL.resolution_m), epsg)
+    assets[SCL.earth_search_key] = scl_asset((final_dir / "SCL.tif").as_uri(), grid)
+    geometry, bbox = lonlat_footprint(grid)
+    return {
+        "type": "Feature",
+        "stac_version": STAC_VERSION,
+        "stac_extensions": ITEM_EXTENSIONS,
+        "id": item_id,
+        "collection": COLLECTION_ID,
+        "geometry": geometry,
+        "bbox": bbox,
+        "properties": _item_properties(tile, i, obs, baseline, platform),
+        "links": [],
+        "assets": assets,
+    }
+
+
+def _write_truth(tile: _Tile, maps: list[np.ndarray], entry: dict) -> None:
+    """The material map of every date and the change mask of every pair of dates."""
+    name, dates, affine = tile.region.name, tile.spec.dates, tile.grid.transform(10)
+    for date, material_map in zip(dates, maps, strict=True):
+        rel = f"{name}/truth/materials_{date}.tif"
+        write_cog(tile.build / rel, material_map, affine, tile.region.epsg)
+        entry["truth"]["materials"][date] = rel
+    for i, date_i in enumerate(dates):
+        for j in range(i + 1, len(dates)):
+            rel = f"{name}/truth/change_{date_i}_{dates[j]}.tif"
+            changed = (maps[i] != maps[j]).astype(np.uint8)
+            write_cog(tile.build / rel, changed, affine, tile.region.epsg)
+            entry["truth"]["change"][f"{date_i}_{dates[j]}"] = rel
+
+
+def _region(
+    spec: DemoWorldSpec, index: int, region: RegionSpec, build: Path, root: Path, wrong_flag: bool
+) -> tuple[dict, list[dict]]:
+    """Generate one region's files under ``build``; return its manifest entry and items."""
+    tile = _tile(spec, region, build, root, wrong_flag)
+    base, textures = layout_materials(_rng(spec.seed, index, 0), tile.grid.shape(10))
+    window = tile.grid.region_window()
+    changes = plan_changes(_rng(spec.seed, index, 1), base, window, len(spec.dates))
+    n_parcels = int(textures.parcels.max()) + 1
+    latitude = region.center_lonlat[1]
+    phenology = make_phenology(_rng(spec.seed, index, 3), base, n_parcels, latitude)
+    entry = _region_entry(tile, changes)
     maps = [materials_on(base, changes, i) for i in range(len(spec.dates))]
+    items = []
     for i, date in enumerate(spec.dates):
         rng = _rng(spec.seed, index, 2, i)
-        shift = (
-            (0.0, 0.0)
-            if i == 0
-            else tuple(
-                round(float(v), 3) for v in rng.uniform(-spec.max_shift_px, spec.max_shift_px, 2)
-            )
-        )
+        shift = _date_shift(rng, i, spec.max_shift_px)
+        conditions = date_conditions(_rng(spec.seed, index, 3, i), date, latitude, n_parcels)
+        scene = Scene(maps[i], textures, phenology, conditions)
         fraction = spec.cloud_fractions[i % len(spec.cloud_fractions)]
-        obs = observe(rng, maps[i], textures, date, shift, fraction)
-        baseline = OLD_BASELINE if i == 0 else NEW_BASELINE
-        platform = "sentinel-2b" if i % 2 == 0 else "sentinel-2a"
-        item_id = f"S2{platform[-1].upper()}_{grid_code}_{date.replace('-', '')}_0_L2A"
-        item_dir = region_dir / item_id
-        final_dir = root / region.name / item_id
-        assets = {}
-        for b, band in enumerate(SPECTRAL_BANDS):
-            factor = band.resolution_m // 10
-            values = obs.reflectance[b] if factor == 1 else block_mean(obs.reflectance[b], factor)
-            write_cog(
-                item_dir / f"{band.name}.tif",
-                to_dn(values, baseline),
-                grid.transform(band.resolution_m),
-                region.epsg,
-            )
-            href = (final_dir / f"{band.name}.tif").as_uri()
-            assets[band.earth_search_key] = band_asset(band.name, href, grid, baseline)
-        write_cog(item_dir / "SCL.tif", obs.scl, grid.transform(SCL.resolution_m), region.epsg)
-        assets[SCL.earth_search_key] = scl_asset((final_dir / "SCL.tif").as_uri(), grid)
-
-        pct = obs.scl_percentages
-        offset_applied = baseline >= BOA_OFFSET_BASELINE
-        properties = {
-            "datetime": acquisition_time(date, region.center_lonlat[0]),
-            "platform": platform,
-            "constellation": "sentinel-2",
-            "instruments": ["msi"],
-            "eo:cloud_cover": round(obs.cloud_cover, 6),
-            "proj:epsg": region.epsg,
-            "mgrs:utm_zone": zone,
-            "mgrs:latitude_band": lat_band,
-            "mgrs:grid_square": square,
-            "grid:code": f"MGRS-{grid_code}",
-            "s2:product_type": "S2MSI2A",
-            "s2:processing_baseline": baseline,
-            "s2:nodata_pixel_percentage": 0,
-            "s2:cloud_shadow_percentage": round(pct[3], 6),
-            "s2:vegetation_percentage": round(pct[4], 6),
-            "s2:not_vegetated_percentage": round(pct[5], 6),
-            "s2:water_percentage": round(pct[6], 6),
-            "s2:medium_proba_clouds_percentage": round(pct[8], 6),
-            "s2:high_proba_clouds_percentage": round(pct[9], 6),
-            "s2:thin_cirrus_percentage": round(pct[10], 6),
-            "s2:sequence": "0",
-            # Deliberately wrong on one item, as on some real Earth Search items.
-            "earthsearch:boa_offset_applied": offset_applied != (wrong_flag and i == 0),
-        }
-        items.append(
-            {
-                "type": "Feature",
-                "stac_version": STAC_VERSION,
-                "stac_extensions": ITEM_EXTENSIONS,
-                "id": item_id,
-                "collection": COLLECTION_ID,
-                "geometry": geometry,
-                "bbox": bbox,
-                "properties": properties,
-                "links": [],
-                "assets": assets,
-            }
-        )
-        entry["item_ids"][date] = item_id
-        entry["processing_baselines"][date] = baseline
+        obs = observe(rng, scene, shift, fraction)
+        item = _write_item(tile, i, obs)
+        items.append(item)
+        entry["item_ids"][date] = item["id"]
+        entry["processing_baselines"][date] = item["properties"]["s2:processing_baseline"]
         entry["shifts_px"][date] = list(shift)
         entry["atmosphere"][date] = {"gain": obs.gain.tolist(), "haze": obs.haze.tolist()}
-        entry["cloud_cover"][date] = properties["eo:cloud_cover"]
-
-        rel = f"{region.name}/truth/materials_{date}.tif"
-        write_cog(build / rel, maps[i], grid.transform(10), region.epsg)
-        entry["truth"]["materials"][date] = rel
-    for i, date_i in enumerate(spec.dates):
-        for j in range(i + 1, len(spec.dates)):
-            date_j = spec.dates[j]
-            rel = f"{region.name}/truth/change_{date_i}_{date_j}.tif"
-            changed = (maps[i] != maps[j]).astype(np.uint8)
-            write_cog(build / rel, changed, grid.transform(10), region.epsg)
-            entry["truth"]["change"][f"{date_i}_{date_j}"] = rel
+        entry["surface"][date] = conditions.record()
+        entry["cloud_cover"][date] = item["properties"]["eo:cloud_cover"]
+    _write_truth(tile, maps, entry)
     return entry, items
 
 
@@ -707,6 +795,11 @@ def _build(spec: DemoWorldSpec, build: Path, root: Path) -> dict:
             "grid, as scipy.ndimage.shift(truth, [dy, dx]); shift by [-dy, -dx] to undo"
         ),
         "atmosphere_model": "observed = surface * gain + haze (per band, in band_order)",
+        "surface_model": (
+            "unchanged ground differs between dates: maize and wheat calendars, tillage and "
+            "soil moisture per parcel, leaf-out and summer browning per forest stand, river "
+            "turbidity and wet banks, terrain shading by the date's sun (regions[].surface)"
+        ),
         "boa_offset_flag_wrong": wrong,
         "regions": entries,
     }

@@ -1,8 +1,10 @@
-"""Materials of the demo world: their 12-band L2A reflectance spectra, textures and phenology.
+"""Materials of the demo world: their 12-band L2A reflectance spectra and textures.
 
 Spectra are surface reflectance (0-1) in the order of ``pipelines.bands.SPECTRAL_BANDS``
 (B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12). Textures are fixed per place (they do not
-change between dates, so an unchanged place keeps its look); only crops follow a mild phenology.
+change between dates, so an unchanged place keeps its look); what does change between dates on
+unchanged ground (crop calendars, leaf-out, soil moisture, water, sun on the terrain) is
+``pipelines.demo_world.phenology``, which mixes the spectra here.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Material(IntEnum):
     WATER = 4
     BARE_SOIL = 5
     BUILT_UP = 6
+    EXCAVATION = 7  # exposed chalky subsoil and gravel of an earthworks site
 
 
 # SCL class a clear pixel of each material gets: 4 vegetation, 5 not vegetated, 6 water.
@@ -35,6 +38,7 @@ MATERIAL_SCL: dict[Material, int] = {
     Material.WATER: 6,
     Material.BARE_SOIL: 5,
     Material.BUILT_UP: 5,
+    Material.EXCAVATION: 5,
 }
 
 
@@ -64,11 +68,32 @@ SPECTRA: dict[Material, np.ndarray] = {
     Material.BUILT_UP: _spectrum(
         0.100, 0.120, 0.140, 0.160, 0.180, 0.190, 0.200, 0.210, 0.210, 0.200, 0.240, 0.220
     ),
+    # Bright and nearly flat: calcareous subsoil, no iron-oxide red slope, no crop residue.
+    Material.EXCAVATION: _spectrum(
+        0.200, 0.240, 0.280, 0.310, 0.330, 0.340, 0.350, 0.360, 0.365, 0.350, 0.390, 0.330
+    ),
 }
 
-# Senescent (ripening) wheat: the end point of wheat phenology.
+# Phenological states (pipelines.demo_world.phenology mixes them with the spectra above).
+# Senescent (ripe) cereal, also drying maize leaves: no chlorophyll, straw-coloured.
 SENESCENT_WHEAT = _spectrum(
     0.060, 0.070, 0.100, 0.130, 0.170, 0.220, 0.250, 0.270, 0.280, 0.260, 0.340, 0.250
+)
+# Stubble after harvest: bright straw residue, cellulose absorption lowering B12.
+STUBBLE = _spectrum(
+    0.080, 0.095, 0.125, 0.160, 0.195, 0.230, 0.250, 0.265, 0.275, 0.260, 0.360, 0.270
+)
+# A deciduous stand before leaf-out: branches over litter.
+LEAFLESS_CANOPY = _spectrum(
+    0.030, 0.040, 0.060, 0.075, 0.100, 0.130, 0.150, 0.165, 0.170, 0.160, 0.230, 0.160
+)
+# Drought-browned foliage: less chlorophyll (red up) and lower NIR than the green canopy.
+BROWN_CANOPY = _spectrum(
+    0.025, 0.035, 0.060, 0.060, 0.100, 0.180, 0.210, 0.230, 0.235, 0.215, 0.200, 0.110
+)
+# Sediment-laden river water: brighter green to red and red edge 1 than clear water.
+TURBID_WATER = _spectrum(
+    0.060, 0.075, 0.100, 0.095, 0.080, 0.040, 0.030, 0.025, 0.020, 0.012, 0.006, 0.003
 )
 # Built-up surfaces: asphalt roads and three roof types (concrete, red tiles, bright metal).
 ASPHALT = _spectrum(
@@ -131,6 +156,7 @@ def stripes(
 class Textures:
     """Place-bound texture fields of one tile (10 m grid); rendering is per-material lookup."""
 
+    parcels: np.ndarray  # field parcel label 0..n_parcels-1 of every pixel
     crop: np.ndarray  # multiplicative modulation for crops: parcel brightness and row stripes
     forest: np.ndarray  # multiplicative canopy modulation
     soil: np.ndarray  # multiplicative modulation: moisture patches and speckle
@@ -163,6 +189,7 @@ def make_textures(
     urban_surface = np.where(road, 0, cells[rows // 3, cols // 3]).astype(np.uint8)
     urban = 1 + 0.08 * rng.standard_normal(shape)
     return Textures(
+        parcels=parcels,
         crop=crop.astype(np.float32),
         forest=forest.astype(np.float32),
         soil=soil.astype(np.float32),
@@ -170,34 +197,3 @@ def make_textures(
         urban_surface=urban_surface,
         urban=urban.astype(np.float32),
     )
-
-
-def crop_spectra(day_of_year: int) -> dict[Material, np.ndarray]:
-    """Crop spectra on a day: maize greens up into summer, wheat ripens from June on (mildly)."""
-    cover = 0.7 + 0.3 * np.clip((day_of_year - 130) / 70, 0, 1)
-    ripeness = 0.6 * np.clip((day_of_year - 150) / 60, 0, 1)
-    soil = SPECTRA[Material.BARE_SOIL]
-    return {
-        Material.CROP_MAIZE: cover * SPECTRA[Material.CROP_MAIZE] + (1 - cover) * soil,
-        Material.CROP_WHEAT: (1 - ripeness) * SPECTRA[Material.CROP_WHEAT]
-        + ripeness * SENESCENT_WHEAT,
-    }
-
-
-def render_surface(materials: np.ndarray, textures: Textures, day_of_year: int) -> np.ndarray:
-    """Surface reflectance (bands, rows, cols) float32 of a material map on a given day."""
-    out = np.zeros((len(SPECTRAL_BANDS), *materials.shape), np.float32)
-    spectra = {**SPECTRA, **crop_spectra(day_of_year)}
-    modulation = {
-        Material.CROP_MAIZE: textures.crop,
-        Material.CROP_WHEAT: textures.crop,
-        Material.FOREST: textures.forest,
-        Material.WATER: textures.water,
-        Material.BARE_SOIL: textures.soil,
-    }
-    for material, mod in modulation.items():
-        mask = materials == material
-        out[:, mask] = spectra[material][:, None] * mod[mask][None, :]
-    mask = materials == Material.BUILT_UP
-    out[:, mask] = URBAN_SURFACES[textures.urban_surface[mask]].T * textures.urban[mask][None, :]
-    return out

@@ -1,4 +1,5 @@
-"""The synthetic Sentinel-2 L2A demo world: layout, STAC metadata, determinism, truth."""
+"""The synthetic Sentinel-2 L2A demo world: layout, STAC metadata, determinism, truth, and the
+phenology that changes unchanged ground between dates."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import rasterio
 from scipy import ndimage
 
 from pipelines.bands import SCL, SPECTRAL_BANDS
-from pipelines.demo_world import TINY_SPEC, Material, generate_demo_world
+from pipelines.demo_world import TINY_SPEC, Material, generate_demo_world, phenology
 from pipelines.demo_world import generate as generate_module
-from pipelines.demo_world.materials import SPECTRA
+from pipelines.demo_world.generate import CHANGE_KINDS
+from pipelines.demo_world.materials import SPECTRA, URBAN_SURFACES
 
 EARTH_SEARCH_KEYS = {b.earth_search_key for b in (*SPECTRAL_BANDS, SCL)}
 
@@ -35,6 +37,21 @@ def read(path: Path) -> np.ndarray:
 def href_path(href: str) -> Path:
     assert href.startswith("file://")
     return Path(url2pathname(urlparse(href).path))
+
+
+def reflectance(item: dict, band_name: str) -> np.ndarray:
+    """A 10 m band of an item as surface reflectance (scale and offset applied)."""
+    key = next(b.earth_search_key for b in SPECTRAL_BANDS if b.name == band_name)
+    asset = item["assets"][key]
+    raster_band = asset["raster:bands"][0]
+    dn = read(href_path(asset["href"])).astype(np.float64)
+    return dn * raster_band["scale"] + raster_band["offset"]
+
+
+def clear_10m(item: dict) -> np.ndarray:
+    """Pixels the item's SCL calls clear ground or water, on the 10 m grid."""
+    scl = read(href_path(item["assets"]["scl"]["href"]))
+    return np.kron(np.isin(scl, [4, 5, 6]), np.ones((2, 2), bool))
 
 
 def items_by_id(root: Path) -> dict[str, dict]:
@@ -152,7 +169,8 @@ def test_refuses_to_replace_foreign_directory(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("date_index", range(len(TINY_SPEC.dates)))
 def test_scale_and_offset_recover_reflectance(world: tuple[Path, dict], date_index: int) -> None:
-    """Clear water far from its shores reads back as spectrum x gain + haze, per baseline."""
+    """Clear water far from its shores reads back as the date's water spectrum (its recorded
+    turbidity) x gain + haze, per baseline."""
     root, manifest = world
     items = items_by_id(root)
     band_index = {b.name: i for i, b in enumerate(SPECTRAL_BANDS)}
@@ -164,16 +182,11 @@ def test_scale_and_offset_recover_reflectance(world: tuple[Path, dict], date_ind
         clear_water = ndimage.binary_erosion(truth == Material.WATER, iterations=3) & (scl == 6)
         assert clear_water.sum() >= 20
         atmosphere = region["atmosphere"][date]
+        water = phenology.water_spectrum(region["surface"][date]["water_turbidity"])
         for name in ("B02", "B03", "B04", "B08"):
-            asset = item["assets"][
-                next(b.earth_search_key for b in SPECTRAL_BANDS if b.name == name)
-            ]
-            raster_band = asset["raster:bands"][0]
-            dn = read(href_path(asset["href"])).astype(np.float64)
-            reflectance = dn * raster_band["scale"] + raster_band["offset"]
             b = band_index[name]
-            expected = SPECTRA[Material.WATER][b] * atmosphere["gain"][b] + atmosphere["haze"][b]
-            assert reflectance[clear_water].mean() == pytest.approx(expected, abs=0.003)
+            expected = water[b] * atmosphere["gain"][b] + atmosphere["haze"][b]
+            assert reflectance(item, name)[clear_water].mean() == pytest.approx(expected, abs=0.003)
 
 
 def test_change_truth(world: tuple[Path, dict]) -> None:
@@ -223,3 +236,141 @@ def test_shifts_recorded(world: tuple[Path, dict]) -> None:
         assert shifts[0] == [0.0, 0.0]
         assert all(abs(v) <= TINY_SPEC.max_shift_px for s in shifts for v in s)
         assert any(abs(v) > 0.05 for s in shifts[1:] for v in s)
+
+
+def test_surface_conditions_recorded_per_date(world: tuple[Path, dict]) -> None:
+    """Each date's conditions are in the manifest: its day, the sun of 10:30 solar time at the
+    region's latitude (higher in June than in August), and turbidity and level that vary."""
+    _, manifest = world
+    for region in manifest["regions"]:
+        surface = [region["surface"][d] for d in region["dates"]]
+        assert [s["day_of_year"] for s in surface] == [
+            phenology.day_of_year(d) for d in region["dates"]
+        ]
+        elevations = [s["sun_elevation_deg"] for s in surface]
+        assert all(40 < e < 70 for e in elevations)
+        assert elevations[1] > elevations[3] + 5  # mid-June vs late August
+        assert all(100 < s["sun_azimuth_deg"] < 180 for s in surface)  # south-east, morning
+        for key in ("water_turbidity", "water_level", "soil_moisture_mean"):
+            values = [s[key] for s in surface]
+            assert all(0 <= v <= 1 for v in values) and len(set(values)) == len(values)
+
+
+def _unchanged_clear(root: Path, region: dict, items: dict, material: Material, a: int, b: int):
+    """Interior pixels of ``material`` at dates a and b that the truth calls unchanged between
+    them and that are clear at both: (mask, NDVI at a, NDVI at b)."""
+    date_a, date_b = region["dates"][a], region["dates"][b]
+    truth = region["truth"]
+    unchanged = read(root / truth["change"][f"{date_a}_{date_b}"]) == 0
+    same = (read(root / truth["materials"][date_a]) == material) & unchanged
+    mask = ndimage.binary_erosion(same, iterations=2)
+    ndvi = []
+    for date in (date_a, date_b):
+        item = items[region["item_ids"][date]]
+        mask &= clear_10m(item)
+        red, nir = reflectance(item, "B04"), reflectance(item, "B08")
+        ndvi.append((nir - red) / (nir + red))
+    return mask, ndvi[0], ndvi[1]
+
+
+def test_phenology_changes_unchanged_fields(world: tuple[Path, dict]) -> None:
+    """Fields whose material truth never changes still change between dates by a clear NDVI
+    margin: maize greens up from bare soil, wheat ripens and is harvested and ploughed."""
+    root, manifest = world
+    items = items_by_id(root)
+    for region in manifest["regions"]:
+        maize, ndvi_may, ndvi_aug = _unchanged_clear(root, region, items, Material.CROP_MAIZE, 0, 3)
+        assert maize.sum() >= 200
+        assert np.median(ndvi_aug[maize] - ndvi_may[maize]) > 0.3
+        wheat, ndvi_may, ndvi_aug = _unchanged_clear(root, region, items, Material.CROP_WHEAT, 0, 3)
+        assert wheat.sum() >= 200
+        assert np.median(ndvi_aug[wheat] - ndvi_may[wheat]) < -0.3
+        # Within the first quarter too, the pair a change detector is evaluated on.
+        maize, ndvi_may, ndvi_june = _unchanged_clear(
+            root, region, items, Material.CROP_MAIZE, 0, 1
+        )
+        rise = ndvi_june[maize] - ndvi_may[maize]
+        assert np.median(rise) > 0.1 and np.mean(rise > 0.2) > 0.2
+
+
+def test_phenology_differs_per_parcel(world: tuple[Path, dict]) -> None:
+    """Not one global factor: unchanged maize pixels of one pair of dates change by widely
+    different amounts (parcels keep their own calendars)."""
+    root, manifest = world
+    items = items_by_id(root)
+    for region in manifest["regions"]:
+        maize, ndvi_may, ndvi_june = _unchanged_clear(
+            root, region, items, Material.CROP_MAIZE, 0, 1
+        )
+        low, high = np.percentile(ndvi_june[maize] - ndvi_may[maize], [10, 90])
+        assert high - low > 0.2
+
+
+def _season_states(source: Material, doy: int, moisture: float) -> np.ndarray:
+    """Every state ``source`` takes on day ``doy`` over a range of calendars (n, bands)."""
+    n = 31
+    shifts = np.linspace(-40, 40, n, dtype=np.float32)
+    traits = phenology.Phenology(
+        calendar_shift=shifts,
+        tillage_delay=np.full(n, 10, np.float32),
+        forest_shift=shifts[None, :],
+        forest_stress=np.full((1, n), 0.45, np.float32),
+        slope_east=np.zeros((1, n), np.float32),
+        slope_north=np.zeros((1, n), np.float32),
+        shore_distance=np.full((1, n), 99, np.float32),
+    )
+    conditions = phenology.Conditions(doy, 60.0, 140.0, np.full(n, moisture, np.float32), 0, 0)
+    if source == Material.FOREST:
+        return phenology.forest_spectra(traits, conditions, np.ones((1, n), bool)).T
+    spectra = {
+        Material.CROP_MAIZE: phenology.maize_spectra,
+        Material.CROP_WHEAT: phenology.wheat_spectra,
+        Material.BARE_SOIL: lambda _, c: phenology.soil_spectra(c.soil_moisture),
+    }
+    return spectra[source](traits, conditions)
+
+
+def _target_states(target: Material) -> np.ndarray:
+    wet = np.linspace(0, 1, 5, dtype=np.float32)
+    if target == Material.BUILT_UP:
+        return URBAN_SURFACES
+    if target == Material.WATER:
+        return np.stack([phenology.water_spectrum(float(t)) for t in wet])
+    if target == Material.BARE_SOIL:
+        return phenology.soil_spectra(wet)
+    return SPECTRA[target][None, :]
+
+
+def test_planted_targets_are_never_a_phenological_state() -> None:
+    """A planted change is a change of material, not of season: whatever the calendar, day
+    (April to October) and soil moisture, no state of a change's source material has the
+    spectral shape of its target (angle above 0.05 rad, many times that of sensor noise),
+    although the season moves the source much further than that (maize: 0.3 rad and more)."""
+    for _, sources, target in CHANGE_KINDS:
+        targets = _target_states(target)
+        targets = targets / np.linalg.norm(targets, axis=1, keepdims=True)
+        for source in sources:
+            states = np.concatenate(
+                [_season_states(source, doy, m) for doy in range(100, 300, 5) for m in (0, 1)]
+            )
+            states = states / np.linalg.norm(states, axis=1, keepdims=True)
+            angles = np.arccos(np.clip(states @ targets.T, -1, 1))
+            assert angles.min() > 0.05, (source, target)
+    maize = _season_states(Material.CROP_MAIZE, 120, 0.5)[15:16]  # calendar shift 0
+    grown = _season_states(Material.CROP_MAIZE, 220, 0.5)[15:16]
+    cosine = (maize @ grown.T) / (np.linalg.norm(maize) * np.linalg.norm(grown))
+    assert np.arccos(cosine.item()) > 0.3
+
+
+def test_truth_changes_only_where_planted(world: tuple[Path, dict]) -> None:
+    """Phenology never reaches the truth: between the first and the last date, when every field
+    has changed its look, only the planted rectangles changed material."""
+    root, manifest = world
+    for region in manifest["regions"]:
+        first, last = region["dates"][0], region["dates"][-1]
+        change = read(root / region["truth"]["change"][f"{first}_{last}"]).astype(bool)
+        planted = np.zeros(change.shape, bool)
+        for c in region["changes"]:
+            r0, c0, r1, c1 = c["bounds_px"]
+            planted[r0:r1, c0:c1] = True
+        assert change.any() and not change[~planted].any()
