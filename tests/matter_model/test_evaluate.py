@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from matter_model.checkpoint import build_model, save_checkpoint
 from matter_model.datasets.oscd import OSCD
 from matter_model.downstream.oscd_finetune import best_f1_threshold, default_split
 from matter_model.evaluate import (
@@ -22,19 +20,11 @@ from matter_model.evaluate import (
     main,
     resolve_checkpoint,
 )
-from matter_model.train import load_config
 from tests.conftest import REAL_DATA
 from tests.matter_model.oscd_fixtures import make_city, make_release
+from tests.matter_model.tiny_model import tiny_checkpoint
 
 REAL_ROOT = REAL_DATA / "oscd"
-TINY_MODEL = {"width": 8, "blocks": [1], "tern_layers": 1, "codewords": 4, "embed_dim": 8}
-
-
-def _checkpoint(path: Path, **overrides: object) -> Path:
-    """A valid checkpoint of a tiny network (random weights: enough for the mechanics)."""
-    config = load_config(None, model=TINY_MODEL, **overrides)
-    torch.manual_seed(0)
-    return save_checkpoint(path, {"model": build_model(config).state_dict(), "config": config})
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +34,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt")
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt")
 
 
 def test_registry_names_every_task_and_loads_oscd() -> None:
@@ -65,11 +55,11 @@ def test_checkpoint_resolution_prefers_the_first_local_one(tmp_path: Path) -> No
     candidates = (("real/checkpoint.pt", "real pretraining"), ("demo/checkpoint.pt", "demo"))
     with pytest.raises(EvaluationError, match=r"no local checkpoint.*make oscd-pretrain"):
         resolve_checkpoint(None, candidates=candidates, root=tmp_path)
-    _checkpoint(tmp_path / "demo" / "checkpoint.pt")
+    tiny_checkpoint(tmp_path / "demo" / "checkpoint.pt")
     said: list[str] = []
     found = resolve_checkpoint(None, said.append, candidates, tmp_path)
     assert found == tmp_path / "demo" / "checkpoint.pt" and "from demo" in said[0]
-    _checkpoint(tmp_path / "real" / "checkpoint.pt")
+    tiny_checkpoint(tmp_path / "real" / "checkpoint.pt")
     assert resolve_checkpoint(None, said.append, candidates, tmp_path).parent.name == "real"
     with pytest.raises(EvaluationError, match="--checkpoint .*missing.pt does not exist"):
         resolve_checkpoint(tmp_path / "missing.pt")

@@ -15,13 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from matter_model.checkpoint import build_model, save_checkpoint
 from matter_model.downstream import oscd_finetune
 from matter_model.evaluate import evaluate
-from matter_model.train import load_config
 from tests.matter_model.oscd_fixtures import make_release
+from tests.matter_model.tiny_model import tiny_checkpoint
 
-TINY_MODEL = {"width": 8, "blocks": [1], "tern_layers": 1, "codewords": 4, "embed_dim": 8}
 ENCODERS = ("matter", "random_init")
 METRICS = ("precision", "recall", "f1")
 
@@ -33,11 +31,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny network with random weights (enough for the mechanics)."""
-    config = load_config(None, model=TINY_MODEL)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    return save_checkpoint(path, {"model": build_model(config).state_dict(), "config": config})
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt")
 
 
 def _finetune(release: Path, checkpoint: Path, out: Path, seeds: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import torch
 from scipy import ndimage
 
 from matter_model.change_detection import ChangePair, model_features, otsu_threshold
-from matter_model.checkpoint import build_model, save_checkpoint
+from matter_model.checkpoint import build_model
 from matter_model.evaluate import evaluate, main
 from matter_model.tiled_protocol import (
     TiledProtocol,
@@ -30,9 +30,7 @@ from matter_model.tiled_protocol import (
 )
 from matter_model.train import load_config
 from tests.matter_model.oscd_fixtures import make_release
-
-TINY_MODEL = {"width": 8, "blocks": [1], "tern_layers": 1, "codewords": 4, "embed_dim": 8}
-
+from tests.matter_model.tiny_model import TINY_MODEL, tiny_checkpoint
 
 # --- naive references -------------------------------------------------------------------------
 
@@ -311,10 +309,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = load_config(None, model=TINY_MODEL)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    return save_checkpoint(path, {"model": build_model(config).state_dict(), "config": config})
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt")
 
 
 def _argv(release: Path, checkpoint: Path, out: Path, *extra: str) -> list[str]:
