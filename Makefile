@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DAGSTER_HOME ?= $(CURDIR)/.demo/dagster_home
 
-.PHONY: install instance demo test lint ui clean bench oscd-pretrain oscd-eval
+.PHONY: install instance demo test test-fast lint ui clean bench oscd-pretrain oscd-eval
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: install instance
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
+
+# Everything but the tests marked slow (whole chains, servers, the browser, DDP, kill -9).
+test-fast: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

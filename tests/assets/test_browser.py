@@ -33,9 +33,12 @@ CHROMIUM_FLAGS = [
 ARTIFACTS = Path(os.environ.get("MATTER_TEST_ARTIFACTS", REPO / ".test-artifacts")) / "browser"
 TIMEOUT_MS = 60_000
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
+    ),
+]
 
 
 @pytest.fixture(scope="module")

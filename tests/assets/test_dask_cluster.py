@@ -18,6 +18,9 @@ from pipelines.coregistration import open_stack
 from pipelines.stac.server import free_port
 from tests.assets.demo_chain import run_in, tiny_config
 
+# A whole chain, a server or a cluster: `make test` runs it, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 PARTITION = ("lombardy", "2024-04-01", "2024-07-01")
 
 

@@ -7,7 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.assets.demo_chain import run_in, tiny_config
+
+# A whole chain, a server or a cluster: `make test` runs it, `make test-fast` does not.
+pytestmark = pytest.mark.slow
 
 
 def test_demo_names_its_report_last(demo_run) -> None:

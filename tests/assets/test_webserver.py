@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.assets.demo_chain import graphql, webserver
+
+# A whole chain, a server or a cluster: `make test` runs it, `make test-fast` does not.
+pytestmark = pytest.mark.slow
 
 QUERY = "{ assetNodes { assetKey { path } groupName } }"
 

@@ -10,12 +10,16 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
 from dagster._config import validate_config
 from dagster_dask import dask_executor
 
 from tests.assets.demo_chain import tiny_config
 from tests.deploy.code_location import REPO
+
+# A whole chain, a server or a cluster: `make test` runs it, `make test-fast` does not.
+pytestmark = pytest.mark.slow
 
 DASK = REPO / "docker" / "dask"
 DATASET_ASSETS = ["stac_items", "coregistered_stack", "change_screen", "patch_triplets"]

@@ -26,6 +26,9 @@ from psycopg2 import sql
 from tests.assets.demo_chain import tiny_config
 from tests.deploy.code_location import REPO
 
+# A whole chain, a server or a cluster: `make test` runs it, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 SETTINGS = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD")
 PARTITIONS = ["beauce|2024-07-01", "lombardy|2024-07-01"]
 ASSETS = ["stac_items", "coregistered_stack"]

@@ -164,6 +164,7 @@ def run_cli(*args, wait=True):
     return done
 
 
+@pytest.mark.slow
 def test_two_process_gloo_matches_one_process(store, tmp_path):
     """torchrun with 2 CPU processes (gloo) and the same global batch: the same losses."""
     config = tiny_config(store, tmp_path / "one", steps=3, model={"norm": "group"})
@@ -179,6 +180,7 @@ def test_two_process_gloo_matches_one_process(store, tmp_path):
     np.testing.assert_allclose(metrics["loss_history"], single["loss_history"], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(store, tmp_path):
     config = tiny_config(store, tmp_path / "full", steps=30, checkpoint_every=1)
     full = train(config, log=lambda _: None)
