@@ -58,30 +58,45 @@ def set_mode(model: Matter, mode: str) -> None:
 
 
 def adapt_input_bands(model: Matter, bands: tuple[str, ...]) -> None:
-    """Give the model a first convolution for ``bands`` (a chip's count, e.g. 1 PAN or 4 MS).
+    """Give the model first convolutions for ``bands`` (a chip's count, e.g. 1 PAN or 4 MS).
 
-    The stem's 3x3 kernel for each new input band is the mean of the pretrained kernels over
-    the old bands, scaled by old / new band count: an image whose bands are all equal then
-    gives the same stem response as before, so the pretrained layers after it see inputs of
-    the scale they were trained on. The rest of the network is unchanged. A model already
-    taking ``len(bands)`` bands only has its band names replaced.
+    Each convolution that reads the raw bands (the stem, and the input concatenation of the
+    authors' variant) gets, for each new band, the mean of its pretrained kernels over the old
+    bands, scaled by old / new band count: an image whose bands are all equal then gives the
+    same response as before, so the pretrained layers after it see inputs of the scale they were
+    trained on. The rest of the network is unchanged. A model already taking ``len(bands)``
+    bands only has its band names replaced.
     """
-    conv = model.stem[0]
-    if conv.in_channels != len(bands):
-        weight = conv.weight.detach().mean(dim=1, keepdim=True) * (conv.in_channels / len(bands))
-        new = nn.Conv2d(
-            len(bands),
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            bias=conv.bias is not None,
-        ).to(conv.weight.device)
-        with torch.no_grad():
-            new.weight.copy_(weight.expand(-1, len(bands), -1, -1))
-        model.stem[0] = new
+    if model.in_channels != len(bands):
+        model.stem[0] = _widened(model.stem[0], 0, len(bands))
+        if model.fuse is not None:
+            model.fuse.conv = _widened(
+                model.fuse.conv, model.fuse.conv.in_channels - model.in_channels, len(bands)
+            )
     model.bands = tuple(bands)
     model.in_channels = len(bands)
+
+
+def _widened(conv: nn.Conv2d, kept: int, bands: int) -> nn.Conv2d:
+    """``conv`` whose input channels after the first ``kept`` (the raw bands) become ``bands``
+    channels, each the old band kernels' mean scaled by old / new count; the first ``kept``
+    input channels keep their kernels."""
+    old = conv.in_channels - kept
+    weight = conv.weight.detach()
+    band_kernel = weight[:, kept:].mean(dim=1, keepdim=True) * (old / bands)
+    new = nn.Conv2d(
+        kept + bands,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        bias=conv.bias is not None,
+    ).to(weight.device)
+    with torch.no_grad():
+        new.weight.copy_(torch.cat([weight[:, :kept], band_kernel.expand(-1, bands, -1, -1)], 1))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new
 
 
 def train_epochs(

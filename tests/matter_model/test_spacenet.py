@@ -166,6 +166,20 @@ def test_first_layer_adapted_to_one_band_keeps_the_response_to_flat_bands() -> N
     assert model.embed(grey, 3).shape == (1, 8, 16, 16)
 
 
+def test_authors_variant_adapts_its_input_concatenation_too() -> None:
+    torch.manual_seed(0)
+    model = Matter(
+        width=8, blocks=(1,), codewords=4, embed_dim=8, tern="pamr", concat_input=True
+    ).eval()
+    grey = torch.rand(1, 1, 16, 16)
+    features = torch.rand(1, 8, 16, 16)
+    before = model.fuse.conv(torch.cat([features, grey.expand(-1, 9, -1, -1)], 1))
+    adapt_input_bands(model, ("pan",))
+    assert model.fuse.conv.in_channels == 8 + 1
+    torch.testing.assert_close(model.fuse.conv(torch.cat([features, grey], 1)), before)
+    assert model.embed(grey, 3).shape == (1, 8, 16, 16)
+
+
 def _args(root: Path, checkpoint: Path | None, *extra: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     task.add_arguments(parser)
