@@ -28,6 +28,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +286,94 @@ def train(config: dict[str, Any], log: Callable[[str], None] = print) -> dict[st
             dist.destroy_process_group()
 
 
+def _open_store(cfg: dict[str, Any]) -> TripletDataset:
+    """The config's patch store, checked to hold crops of the config's size."""
+    dataset = TripletDataset(cfg["patch_store"], cfg["bands"])
+    if dataset.info.patch_size != cfg["crop_size"]:
+        raise ValueError(
+            f"the store at {cfg['patch_store']} holds {dataset.info.patch_size} px crops; the "
+            f"config's crop_size is {cfg['crop_size']}"
+        )
+    return dataset
+
+
+def _resume(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: dict[str, Any],
+    path: Path,
+    device: torch.device,
+) -> tuple[int, list[float]]:
+    """Load the checkpoint at ``path`` into the model, the optimiser and the RNGs; return its
+    step and loss history."""
+    state = load_checkpoint(path, device)
+    _check_resumable(state, cfg, path)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(
+            f"cannot resume from {path}: its weights do not fit the model: {exc}"
+        ) from exc
+    optimizer.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"])
+    return int(state["step"]), list(state["loss_history"])
+
+
+@dataclass
+class _Step:
+    """What every step of one run shares: the network, the settings, the device."""
+
+    net: nn.Module
+    cfg: dict[str, Any]
+    size: int
+    device: torch.device
+    world: int
+
+    def __post_init__(self) -> None:
+        self.jitter = PositiveJitter.from_config(self.cfg["augment"])
+        self.amp = bool(self.cfg["amp"]) and self.device.type == "cuda"
+
+    def loss(self, batch: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+        """The InfoNCE loss of ``batch`` at ``step``; positions and perturbations from (seed,
+        step)."""
+        cfg, subpatch = self.cfg, int(self.cfg["subpatch"])
+        batch_size, count = int(cfg["batch_size"]), int(cfg["subpatches_per_crop"])
+        generator = torch.Generator().manual_seed(int(cfg["seed"]) * _SEED_STRIDE + step)
+        batch["positive"] = self.jitter(batch["positive"], generator)
+        crops = torch.cat([batch[role] for role in ROLES]).to(self.device, non_blocking=True)
+        positions = sample_positions(batch_size, count, self.size, subpatch, generator)
+        negative_positions = sample_positions(batch_size, count, self.size, subpatch, generator)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            anchor, positive, negative = self.net(crops, window=subpatch).chunk(3)
+        if self.world > 1:
+            anchor, positive, negative = (
+                _GatherBatches.apply(t) for t in (anchor, positive, negative)
+            )
+        return subpatch_info_nce(
+            anchor,
+            positive,
+            negative,
+            positions,
+            negative_positions,
+            float(cfg["temperature"]),
+            subpatch,
+        )
+
+
+def _check_finite(loss: torch.Tensor, step: int, checkpoint_path: Path) -> None:
+    """Stop with TrainingDivergedError when the loss is NaN or infinite, naming what is kept."""
+    if torch.isfinite(loss):
+        return
+    kept = (
+        f"the last good checkpoint is {checkpoint_path}"
+        if checkpoint_path.exists()
+        else "no checkpoint was written yet"
+    )
+    raise TrainingDivergedError(
+        f"loss is {loss.item()} at step {step + 1}; stopping ({kept}). Lower `lr`."
+    )
+
+
 def _train(
     cfg: dict[str, Any],
     log: Callable[[str], None],
@@ -296,30 +385,14 @@ def _train(
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / CHECKPOINT
     seed, steps, batch_size = int(cfg["seed"]), int(cfg["steps"]), int(cfg["batch_size"])
-
-    dataset = TripletDataset(cfg["patch_store"], cfg["bands"])
-    if dataset.info.patch_size != cfg["crop_size"]:
-        raise ValueError(
-            f"the store at {cfg['patch_store']} holds {dataset.info.patch_size} px crops; the "
-            f"config's crop_size is {cfg['crop_size']}"
-        )
+    dataset = _open_store(cfg)
 
     torch.manual_seed(seed)
     model = build_model(cfg).to(device)
     optimizer = build_optimizer(model.parameters(), cfg)
     start, history = 0, []
     if cfg.get("resume"):
-        state = load_checkpoint(checkpoint_path, device)
-        _check_resumable(state, cfg, checkpoint_path)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise ValueError(
-                f"cannot resume from {checkpoint_path}: its weights do not fit the model: {exc}"
-            ) from exc
-        optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"])
-        start, history = int(state["step"]), list(state["loss_history"])
+        start, history = _resume(model, optimizer, cfg, checkpoint_path, device)
         log(f"resumed from {checkpoint_path} at step {start}")
 
     def checkpoint(step: int) -> None:
@@ -347,47 +420,13 @@ def _train(
         persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",
     )
-    amp = bool(cfg["amp"]) and device.type == "cuda"
-    size, subpatch, count = (
-        dataset.info.patch_size,
-        int(cfg["subpatch"]),
-        int(cfg["subpatches_per_crop"]),
-    )
-    jitter = PositiveJitter.from_config(cfg["augment"])
     net = DistributedDataParallel(model) if world > 1 else model
+    run = _Step(net, cfg, dataset.info.patch_size, device, world)
     model.train()
-    began = time.perf_counter()
-    tick = began
+    began = tick = time.perf_counter()
     for step, batch in zip(range(start, steps), loader, strict=True):
-        generator = torch.Generator().manual_seed(seed * _SEED_STRIDE + step)
-        batch["positive"] = jitter(batch["positive"], generator)
-        crops = torch.cat([batch[role] for role in ROLES]).to(device, non_blocking=True)
-        positions = sample_positions(batch_size, count, size, subpatch, generator)
-        negative_positions = sample_positions(batch_size, count, size, subpatch, generator)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            anchor, positive, negative = net(crops, window=subpatch).chunk(3)
-        if world > 1:
-            anchor, positive, negative = (
-                _GatherBatches.apply(t) for t in (anchor, positive, negative)
-            )
-        loss = subpatch_info_nce(
-            anchor,
-            positive,
-            negative,
-            positions,
-            negative_positions,
-            float(cfg["temperature"]),
-            subpatch,
-        )
-        if not torch.isfinite(loss):
-            kept = (
-                f"the last good checkpoint is {checkpoint_path}"
-                if checkpoint_path.exists()
-                else "no checkpoint was written yet"
-            )
-            raise TrainingDivergedError(
-                f"loss is {loss.item()} at step {step + 1}; stopping ({kept}). Lower `lr`."
-            )
+        loss = run.loss(batch, step)
+        _check_finite(loss, step, checkpoint_path)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -401,7 +440,21 @@ def _train(
             checkpoint(step + 1)
     wall = time.perf_counter() - began
     checkpoint(steps)
+    return _finish(cfg, history, start, wall, device, world, checkpoint_path, rank == 0)
 
+
+def _finish(
+    cfg: dict[str, Any],
+    history: list[float],
+    start: int,
+    wall: float,
+    device: torch.device,
+    world: int,
+    checkpoint_path: Path,
+    writes: bool,
+) -> dict[str, Any]:
+    """The run's metrics; written with the loss curve beside the checkpoint by rank 0."""
+    steps, batch_size = int(cfg["steps"]), int(cfg["batch_size"])
     metrics = {
         "final_loss": history[-1] if history else None,
         "steps": steps,
@@ -414,7 +467,8 @@ def _train(
         "checkpoint": str(checkpoint_path),
         "loss_history": history,
     }
-    if rank == 0:
+    if writes:
+        out = checkpoint_path.parent
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
         _plot(history, out / "loss_curve.png")
     return metrics
