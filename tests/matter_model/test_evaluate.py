@@ -27,16 +27,6 @@ from tests.matter_model.tiny_model import tiny_checkpoint
 REAL_ROOT = REAL_DATA / "oscd"
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_release(tmp_path_factory.mktemp("oscd"))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt")
-
-
 def test_registry_names_every_task_and_loads_oscd() -> None:
     assert {"oscd", "oscd-finetune", "bigearthnet", "spacenet"} <= set(TASKS)
     module = load_task("oscd")

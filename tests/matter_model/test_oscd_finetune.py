@@ -17,21 +17,9 @@ import torch
 
 from matter_model.downstream import oscd_finetune
 from matter_model.evaluate import evaluate
-from tests.matter_model.oscd_fixtures import make_release
-from tests.matter_model.tiny_model import tiny_checkpoint
 
 ENCODERS = ("matter", "random_init")
 METRICS = ("precision", "recall", "f1")
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_release(tmp_path_factory.mktemp("oscd"))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt")
 
 
 def _finetune(release: Path, checkpoint: Path, out: Path, seeds: str) -> dict[str, Any]:

@@ -29,8 +29,7 @@ from matter_model.tiled_protocol import (
     tile_starts,
 )
 from matter_model.train import load_config
-from tests.matter_model.oscd_fixtures import make_release
-from tests.matter_model.tiny_model import TINY_MODEL, tiny_checkpoint
+from tests.matter_model.tiny_model import TINY_MODEL
 
 # --- naive references -------------------------------------------------------------------------
 
@@ -300,16 +299,6 @@ def test_protocol_settings_are_checked_and_recorded() -> None:
 
 
 # --- the command line -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_release(tmp_path_factory.mktemp("oscd"))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt")
 
 
 def _argv(release: Path, checkpoint: Path, out: Path, *extra: str) -> list[str]:
