@@ -1,4 +1,4 @@
-"""Unsupervised change detection, as the MATTER authors evaluated it on OSCD.
+"""Unsupervised change detection on whole scenes: this project's ``city`` protocol for OSCD.
 
 For a pair of co-registered images of one place at two dates:
 
@@ -12,8 +12,10 @@ Precision, recall and F1 are those of the CHANGE class, kept as :mod:`matter_mod
 counts so that per-pair figures and the micro figures (counts summed over every valid pixel of
 every pair, as the authors report them) come from the same code.
 
-The authors' release names the 13 x 13 window, the Gaussian smoothing and Otsu, but not the
-Gaussian's width: ``DEFAULT_SIGMA = 1.0`` is this project's choice.
+The scoring differs from the authors' released evaluation, which cuts each city into 32 px
+tiles, blurs with a 13 x 13 Gaussian of sigma 2.3 and runs Otsu per batch of 32 tiles
+(:mod:`matter_model.tiled_protocol`): whole scenes, ``DEFAULT_SIGMA = 1.0`` and Otsu per pair
+are this project's choices, and the two protocols' figures are not comparable.
 
 Feature extractors are plain callables ``(image (C, H, W) float32) -> (E, H, W)``:
 :func:`cva_features` (change vector analysis on per-image standardised bands) and
