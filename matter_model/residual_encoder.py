@@ -73,9 +73,8 @@ class _BoxSum(torch.autograd.Function):
 def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
     """Sum of ``x`` over the window x window neighbourhood of each pixel (zeros outside).
 
-    Separable, by shifted adds: on one CPU thread (B 24, 16 ch, 32 x 32, window 7) about four
-    times faster forward and twice faster backward than ``avg_pool2d``, whose CPU kernel reads
-    window**2 values a pixel.
+    Separable, by shifted adds: 2 * window reads a pixel where ``avg_pool2d``'s CPU kernel
+    reads window**2, and backward reuses the same sum (the window is its own adjoint).
     """
     return _BoxSum.apply(x, window)
 
