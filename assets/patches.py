@@ -3,12 +3,12 @@
 import dagster as dg
 import numpy as np
 import pandas as pd
-import zarr
 
 from assets.partitions import CONFIG, REGION_WINDOWS, RegionWindow, region_window
 from assets.previews import figure_png, png_metadata
 from assets.resources import DataStore
 from matter_model.atomic_io import atomic_write_text
+from matter_model.patch_store import ROLES, read_shard
 from pipelines.change_screen import screen_windows, screening_quality, window_truth
 from pipelines.coregistration import open_stack, stack_grid
 from pipelines.demo_world.truth import change_truth
@@ -110,12 +110,12 @@ def patch_triplets(context: dg.AssetExecutionContext, store: DataStore) -> dg.Ma
         "shard": dg.MetadataValue.path(str(shard)),
     }
     if result.triplets:
-        group = zarr.open_group(shard, mode="r")
+        shown = read_shard(store.patch_store, shard_id, slice(0, 4))
         rgb = [bands.index(b) for b in ("B04", "B03", "B02")]
         panels = []
         for i in range(min(4, result.triplets)):
-            for role in ("anchor", "positive", "negative"):
-                crop = group[role][i][rgb].transpose(1, 2, 0)
+            for role in ROLES:
+                crop = shown[role][i][rgb].transpose(1, 2, 0)
                 panels.append((f"{i} {role}", np.clip(crop / max(crop.max(), 1e-6), 0, 1)))
         preview = store.path("previews", f"{shard_id}.png")
         png = figure_png(panels, preview)

@@ -3,11 +3,12 @@
 Layout (format ``matter-patch-store`` version 1)::
 
     <root>/
-      store.json              {"format", "version", "bands", "patch_size", "dtype", "values"}
+      store.json              {"format", "version", "bands", "patch_size", "values",
+                               "dtype", "scale", "offset", "codec"}
       shards/<shard_id>/      a zarr v3 group, visible only once complete
-        anchor    (N, C, S, S) float32 (see ``values``), window w at date t_i
-        positive  (N, C, S, S) float32, the same window at another date t_j
-        negative  (N, C, S, S) float32, another unchanged window
+        anchor    (N, C, S, S) ``dtype`` (see ``values``), window w at date t_i
+        positive  (N, C, S, S) ``dtype``, the same window at another date t_j
+        negative  (N, C, S, S) ``dtype``, another unchanged window
         patches.csv           one row per triplet (region, tile, dates, bbox, CRS, transform, ...)
 
 ``values`` says what the numbers are (``matter_model.inputs.VALUES``): ``reflectance``
@@ -16,6 +17,14 @@ each scene date robustly standardised over the whole scene, as the OSCD pretrain
 them). A model trained on a store sees its inputs that way; its checkpoint records it so that
 evaluation feeds it alike. A ``store.json`` without the key (written before it existed) holds
 reflectance.
+
+The numbers are kept as Sentinel-2 keeps reflectance: scaled integers, ``value = stored * scale
++ offset``, decoded to float32 by the reader (:class:`Encoding`). Reflectance is the L2A DN
+itself (uint16, scale 1e-4, offset -0.1, the BOA offset of processing baseline 04.00), so it
+round-trips exactly; scene-standardised values are int16 steps of 2^-8 of a robust standard
+deviation, saturating at 128 of them. ``float32`` (scale 1, offset 0) keeps any value as
+given, and is what stores written before the encoding existed hold. The codec is named in
+``store.json`` (:data:`CODECS`).
 
 Each array is sharded: one file per 64 triplets, one zstd chunk per triplet inside it, so a
 random read decodes only the patch it wants.
@@ -30,6 +39,7 @@ that starts with a dot; the next write removes what killed writers left behind.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +50,7 @@ import zarr
 from torch.utils.data import Dataset
 
 from matter_model.atomic_io import atomic_directory, atomic_write_text
-from matter_model.inputs import REFLECTANCE, VALUES
+from matter_model.inputs import REFLECTANCE, SCENE_STANDARDISED, VALUES
 
 FORMAT = "matter-patch-store"
 VERSION = 1
@@ -49,23 +59,121 @@ ROLES = ("anchor", "positive", "negative")
 # compressed chunk, so a random read decodes one patch, not its 63 neighbours.
 TRIPLETS_PER_SHARD_FILE = 64
 
+# Compressors by name, as store.json records them; docs/benchmarks.md compares them.
+CODECS: dict[str, Callable[[], list]] = {
+    "zstd-1": lambda: [zarr.codecs.ZstdCodec(level=1)],
+    "zstd-3": lambda: [zarr.codecs.ZstdCodec(level=3)],
+    "zstd-9": lambda: [zarr.codecs.ZstdCodec(level=9)],
+    "blosc-zstd-shuffle": lambda: [
+        zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+    ],
+    "blosc-zstd-bitshuffle": lambda: [
+        zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+    ],
+    "blosc-lz4-shuffle": lambda: [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
+}
+DEFAULT_CODEC = "zstd-3"
+
 
 class PatchStoreError(ValueError):
     """The patch store is missing, malformed, or does not match what the caller expects."""
 
 
 @dataclass(frozen=True)
+class Encoding:
+    """How numbers are kept on disk: ``stored = round((value - offset) / scale)`` as ``dtype``
+    (as given for a float dtype), read back as ``stored * scale + offset`` in float32.
+
+    A value beyond what the integer type keeps is an error, or with ``saturate`` is kept as the
+    nearest value it does keep.
+    """
+
+    dtype: str = "float32"
+    scale: float = 1.0
+    offset: float = 0.0
+    saturate: bool = False
+
+    @property
+    def is_float(self) -> bool:
+        return np.dtype(self.dtype).kind == "f"
+
+    def limits(self) -> tuple[float, float]:
+        """The smallest and largest value the encoding keeps."""
+        if self.is_float:
+            return -np.inf, np.inf
+        info = np.iinfo(self.dtype)
+        return info.min * self.scale + self.offset, info.max * self.scale + self.offset
+
+    def encode(self, values: np.ndarray, name: str = "values") -> np.ndarray:
+        """``values`` as stored; a value the encoding cannot keep is an error naming it."""
+        if self.is_float:
+            return values.astype(self.dtype, copy=False)
+        lo, hi = self.limits()
+        vmin, vmax = (float(values.min()), float(values.max())) if values.size else (lo, hi)
+        if self.saturate:
+            values = np.clip(values, lo, hi)
+        elif vmin < lo or vmax > hi:
+            raise PatchStoreError(
+                f"{name} spans [{vmin:.4g}, {vmax:.4g}], outside [{lo:.4g}, {hi:.4g}] that "
+                f"{self.dtype} at scale {self.scale:g} and offset {self.offset:g} keeps; write "
+                "this store as float32 (Encoding()) or fix the values"
+            )
+        return np.rint((values.astype(np.float64) - self.offset) / self.scale).astype(self.dtype)
+
+    def decode(self, stored: np.ndarray) -> np.ndarray:
+        """Stored numbers back as float32 values."""
+        if self.is_float:
+            return stored.astype(np.float32, copy=False)
+        return (stored * self.scale + self.offset).astype(np.float32)
+
+
+# The integer encoding of each kind of values (see the module docstring). A reflectance the
+# uint16 DN cannot hold is a bug upstream; a standardised value beyond 128 robust standard
+# deviations (a cloud over a dark band) is an outlier, kept as the extreme it is.
+ENCODINGS: dict[str, Encoding] = {
+    REFLECTANCE: Encoding("uint16", 1e-4, -0.1),
+    SCENE_STANDARDISED: Encoding("int16", 2.0**-8, 0.0, saturate=True),
+}
+
+
+@dataclass(frozen=True)
 class StoreInfo:
-    """What every shard of a store shares."""
+    """What every shard of a store shares: its layout (bands, patch size, values) and how the
+    numbers are kept (encoding, codec)."""
 
     bands: tuple[str, ...]
     patch_size: int
     dtype: str = "float32"
     values: str = REFLECTANCE
+    scale: float = 1.0
+    offset: float = 0.0
+    codec: str = DEFAULT_CODEC
 
     def __post_init__(self) -> None:
         if self.values not in VALUES:
             raise PatchStoreError(f"store values must be one of {VALUES}, not {self.values!r}")
+        if self.codec not in CODECS:
+            raise PatchStoreError(f"unknown codec {self.codec!r}; choose one of {sorted(CODECS)}")
+
+    @classmethod
+    def encoded(
+        cls, bands: tuple[str, ...], patch_size: int, values: str, codec: str = DEFAULT_CODEC
+    ) -> StoreInfo:
+        """A store of ``values`` kept in their integer encoding (:data:`ENCODINGS`)."""
+        enc = ENCODINGS[values]
+        return cls(tuple(bands), patch_size, enc.dtype, values, enc.scale, enc.offset, codec)
+
+    @property
+    def encoding(self) -> Encoding:
+        return Encoding(self.dtype, self.scale, self.offset, ENCODINGS[self.values].saturate)
+
+    def same_layout(self, other: StoreInfo) -> bool:
+        """Whether patches of ``other`` can join this store (its encoding may differ)."""
+        return (self.bands, self.patch_size, self.values) == (
+            other.bands,
+            other.patch_size,
+            other.values,
+        )
 
     def to_json(self) -> dict:
         return {
@@ -73,8 +181,11 @@ class StoreInfo:
             "version": VERSION,
             "bands": list(self.bands),
             "patch_size": self.patch_size,
-            "dtype": self.dtype,
             "values": self.values,
+            "dtype": self.dtype,
+            "scale": self.scale,
+            "offset": self.offset,
+            "codec": self.codec,
         }
 
 
@@ -97,6 +208,9 @@ def read_info(root: str | Path) -> StoreInfo:
         int(meta["patch_size"]),
         meta.get("dtype", "float32"),
         meta.get("values", REFLECTANCE),
+        float(meta.get("scale", 1.0)),
+        float(meta.get("offset", 0.0)),
+        meta.get("codec", DEFAULT_CODEC),
     )
 
 
@@ -111,8 +225,9 @@ def write_shard(
 ) -> Path:
     """Write one shard atomically and return its path.
 
-    The arrays are (N, C, S, S) with C = len(info.bands) and S = info.patch_size; ``patches``
-    has N rows. An existing shard with the same id is replaced whole.
+    The arrays are (N, C, S, S) float values with C = len(info.bands) and S = info.patch_size;
+    ``patches`` has N rows. An existing shard with the same id is replaced whole. A shard joining
+    an existing store is kept in that store's encoding and codec, so a store never mixes two.
     """
     root = Path(root)
     if shard_id.startswith(".") or "/" in shard_id:
@@ -131,13 +246,14 @@ def write_shard(
     store_json = root / "store.json"
     if store_json.exists():
         existing = read_info(root)
-        if existing != info:
+        if not existing.same_layout(info):
             raise PatchStoreError(
                 f"{root} holds patches with bands {list(existing.bands)}, size "
                 f"{existing.patch_size} and values {existing.values!r}; this shard has "
                 f"{list(info.bands)}, {info.patch_size} and {info.values!r}. "
                 "Use a new store root or re-tile every partition with the same settings."
             )
+        info = existing
     else:
         atomic_write_text(store_json, json.dumps(info.to_json(), indent=2))
 
@@ -151,12 +267,21 @@ def write_shard(
                 dtype=info.dtype,
                 chunks=(1, *expected),
                 shards=(max(1, min(TRIPLETS_PER_SHARD_FILE, n)), *expected),
-                compressors=zarr.codecs.ZstdCodec(level=3),
+                compressors=CODECS[info.codec](),
             )
             if n:
-                z[:] = array.astype(info.dtype, copy=False)
+                z[:] = info.encoding.encode(array, role)
         patches.to_csv(tmp / "patches.csv", index=False)
     return final
+
+
+def read_shard(
+    root: str | Path, shard_id: str, triplets: slice | list[int] = slice(None)
+) -> dict[str, np.ndarray]:
+    """The ``triplets`` (all by default) of one shard, each role decoded to float32."""
+    encoding = read_info(root).encoding
+    group = zarr.open_group(Path(root) / "shards" / shard_id, mode="r")
+    return {role: encoding.decode(group[role][triplets]) for role in ROLES}
 
 
 def shard_ids(root: str | Path) -> list[str]:
@@ -179,7 +304,7 @@ def read_patches(root: str | Path) -> pd.DataFrame:
 
 
 class TripletDataset(Dataset):
-    """Anchor / positive / negative patches of a store, as float32 tensors (C, S, S).
+    """Anchor / positive / negative patches of a store, decoded to float32 tensors (C, S, S).
 
     ``bands`` selects and orders bands by name; a band the store lacks is an error naming both
     lists. Shards are opened lazily in each DataLoader worker.
@@ -201,6 +326,7 @@ class TripletDataset(Dataset):
         if self.patches.empty:
             raise PatchStoreError(f"the patch store at {self.root} has no patches")
         self._index = self.patches[["shard", "index_in_shard"]].to_numpy()
+        self._encoding = self.info.encoding
         self._groups: dict[str, zarr.Group] = {}
 
     def __len__(self) -> int:
@@ -215,6 +341,8 @@ class TripletDataset(Dataset):
         shard, j = self._index[i]
         group = self._group(shard)
         return {
-            role: torch.from_numpy(np.ascontiguousarray(group[role][int(j)][self.band_index]))
+            role: torch.from_numpy(
+                np.ascontiguousarray(self._encoding.decode(group[role][int(j)][self.band_index]))
+            )
             for role in ROLES
         }

@@ -423,7 +423,7 @@ def tile_to_store(
     if strip_rows is not None and strip_rows < 1:
         raise ValueError(f"strip_rows must be at least 1 window row, got {strip_rows}")
     size = int(screen["size"].iloc[0]) if len(screen) else 0
-    info = StoreInfo(tuple(bands), size, values=values)
+    info = StoreInfo.encoded(tuple(bands), size, values)
     kept, plan, pool = _plan(
         source,
         screen,

@@ -17,7 +17,7 @@ from assets.checks import JUDGES, bad_patches, residual_shifts
 from assets.dask_resource import DaskCluster
 from assets.partitions import CONFIG, RegionWindow
 from assets.resources import DataStore, StacApi
-from matter_model.patch_store import ROLES, read_info, write_shard
+from matter_model.patch_store import ROLES, read_info, read_shard, write_shard
 from tests.pipelines.stacks import synthetic_stack
 
 PARTITION = "lombardy|2024-07-01"
@@ -60,8 +60,8 @@ def test_every_check_passes_on_the_demo_world_and_catches_a_tampered_shard(
 
     # A shard that lost its last triplet and holds a flat patch: both patch checks see it.
     store, shard_id = tmp_path / "patches", "lombardy__2024-07-01"
-    group = zarr.open_group(store / "shards" / shard_id, mode="r")
-    arrays = {role: group[role][:-1] for role in ROLES}
+    arrays = read_shard(store, shard_id)
+    arrays = {role: arrays[role][:-1] for role in ROLES}
     arrays["negative"][0] = 0.5
     table = pd.read_csv(store / "shards" / shard_id / "patches.csv").iloc[:-1]
     write_shard(store, shard_id, read_info(store), **arrays, patches=table)

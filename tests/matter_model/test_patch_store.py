@@ -1,4 +1,5 @@
-"""The patch store: atomic shards under kill -9, idempotent reruns, band checks, band names."""
+"""The patch store: atomic shards under kill -9, idempotent reruns, band checks, band names,
+integers that decode to the values written."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import zarr
 
 from matter_model import atomic_io
 from matter_model.patch_store import (
+    CODECS,
     ROLES,
+    Encoding,
     PatchStoreError,
     StoreInfo,
     TripletDataset,
@@ -201,3 +204,68 @@ def test_values_travel_with_the_store_and_are_never_mixed(tmp_path) -> None:
     assert read_info(tmp_path / "old").values == "reflectance"
     with pytest.raises(PatchStoreError, match="values must be one of"):
         StoreInfo(INFO.bands, INFO.patch_size, values="dn")
+
+
+def _dn_shard(n: int) -> dict:
+    """Reflectance as Sentinel-2 L2A delivers it: whole DN / 10000, BOA offset applied."""
+    rng = np.random.default_rng(3)
+    crops = [(rng.integers(1, 12000, (n, 3, 8, 8)) - 1000) / 10000 for _ in range(3)]
+    data = _shard(n)
+    data.update(zip(ROLES, (c.astype(np.float32) for c in crops), strict=True))
+    return data
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_reflectance_is_kept_as_its_dn_and_read_back_exactly(tmp_path, codec) -> None:
+    info = StoreInfo.encoded(INFO.bands, INFO.patch_size, "reflectance", codec=codec)
+    data = _dn_shard(4)
+    write_shard(tmp_path, "a", info, **data)
+    assert zarr.open_group(tmp_path / "shards" / "a", mode="r")["anchor"].dtype == np.uint16
+    assert read_info(tmp_path) == info
+    dataset = TripletDataset(tmp_path)
+    for i in range(4):
+        for role in ROLES:
+            np.testing.assert_array_equal(dataset[i][role].numpy(), data[role][i])
+
+
+def test_standardised_values_are_quantised_and_saturate(tmp_path) -> None:
+    info = StoreInfo.encoded(INFO.bands, INFO.patch_size, "scene-standardised")
+    data = _shard(3)
+    for role in ROLES:
+        data[role] = (data[role] - 0.5) * 20
+    data["anchor"][0, 0, 0, 0] = 500.0  # a cloud over a dark band
+    write_shard(tmp_path, "a", info, **data)
+    read = TripletDataset(tmp_path)[0]
+    step = info.scale
+    expected = data["negative"][0]
+    assert np.abs(read["negative"].numpy() - expected).max() <= step / 2
+    assert read["anchor"][0, 0, 0].item() == pytest.approx(Encoding("int16", step).limits()[1])
+
+
+def test_a_reflectance_the_dn_cannot_hold_is_refused(tmp_path) -> None:
+    info = StoreInfo.encoded(INFO.bands, INFO.patch_size, "reflectance")
+    data = _shard(2)
+    data["positive"] = data["positive"] - 0.5
+    with pytest.raises(
+        PatchStoreError, match=r"positive spans \[-0.49\d*, .*outside \[-0.1, 6.454\]"
+    ):
+        write_shard(tmp_path, "a", info, **data)
+
+
+def test_a_store_keeps_the_encoding_it_was_started_with(tmp_path) -> None:
+    write_shard(tmp_path, "a", INFO, **_shard(2))  # float32, as stores were before
+    meta = json.loads((tmp_path / "store.json").read_text())
+    for key in ("scale", "offset", "codec"):
+        del meta[key]
+    (tmp_path / "store.json").write_text(json.dumps(meta))
+    encoded = StoreInfo.encoded(INFO.bands, INFO.patch_size, "reflectance")
+    data = _shard(2)
+    write_shard(tmp_path, "b", encoded, **data)
+    assert read_info(tmp_path) == INFO
+    assert zarr.open_group(tmp_path / "shards" / "b", mode="r")["anchor"].dtype == np.float32
+    np.testing.assert_array_equal(TripletDataset(tmp_path)[2]["anchor"].numpy(), data["anchor"][0])
+
+
+def test_an_unknown_codec_is_refused() -> None:
+    with pytest.raises(PatchStoreError, match="unknown codec 'gzip'; choose one of"):
+        StoreInfo(INFO.bands, INFO.patch_size, codec="gzip")
