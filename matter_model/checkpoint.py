@@ -58,17 +58,23 @@ def build_model(config: dict[str, Any]) -> Matter:
     return create_model(params.pop("name"), bands=list(config["bands"]), **params)
 
 
+def model_from_state(state: dict[str, Any], source: str | Path = "the checkpoint") -> Matter:
+    """The model (train mode, on the CPU) that a loaded checkpoint ``state`` holds; ``source``
+    names the checkpoint in the error raised when its weights do not fit its config."""
+    try:
+        model = build_model(model_config(state))
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {source} does not match its model config: {exc}"
+        ) from exc
+    return model
+
+
 def load_model(
     checkpoint_path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[Matter, dict[str, Any]]:
     """The trained model (in eval mode) and its :func:`model_config` from a checkpoint."""
     state = load_checkpoint(checkpoint_path, map_location)
-    config = model_config(state)
-    try:
-        model = build_model(config)
-        model.load_state_dict(state["model"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(
-            f"checkpoint {checkpoint_path} does not match its model config: {exc}"
-        ) from exc
-    return model.to(map_location).eval(), config
+    model = model_from_state(state, checkpoint_path)
+    return model.to(map_location).eval(), model_config(state)
