@@ -9,9 +9,12 @@ from assets.k8s import run_training
 from assets.partitions import CONFIG
 from assets.previews import png_metadata
 from assets.resources import DataStore
+from matter_model.export import export
+from matter_model.pretrained import PRODUCT_LEVELS
 
 GROUP = "model"
 CONFIGS = Path(__file__).resolve().parents[1] / "matter_model" / "configs"
+EXPORT = "export"  # beside the checkpoint: model.safetensors, model_card.json, README.md
 
 
 def training_config() -> Path:
@@ -46,6 +49,29 @@ def training_command(store: DataStore) -> list[str]:
     return command
 
 
+def product_level_of(collection: str) -> str:
+    """The product level a STAC collection holds (``sentinel-2-l2a``: ``L2A``)."""
+    found = [level for level in PRODUCT_LEVELS if level.lower() in collection.lower()]
+    if len(found) != 1:
+        raise ValueError(
+            f"cannot tell the product level of STAC collection {collection!r} (one of "
+            f"{list(PRODUCT_LEVELS)} in its name); fix `stac.collection` in the project config"
+        )
+    return found[0]
+
+
+def export_model(store: DataStore) -> dict:
+    """Export the trained checkpoint's weights and model card into ``models/matter/export``:
+    the product level from the STAC collection, the GSD from the grid."""
+    return export(
+        store.model_dir / "checkpoint.pt",
+        store.model_dir / EXPORT,
+        product_level_of(str(CONFIG.stac.get("collection", "sentinel-2-l2a"))),
+        gsd_m=float(CONFIG.grid.get("resolution_m", 10)),
+        patch_store=store.patch_store,
+    )
+
+
 @dg.asset(group_name=GROUP, deps=["patch_triplets"], kinds={"pytorch"})
 def matter_pretrained(
     context: dg.AssetExecutionContext, store: DataStore, pipes: dg.ResourceParam[dg.PipesClient]
@@ -54,17 +80,21 @@ def matter_pretrained(
 
     Training runs as a subprocess, or as a pod on a Kubernetes GPU node with
     ``training.launcher: kubernetes`` (the same command), and reports its logs and metrics back
-    through Dagster Pipes.
+    through Dagster Pipes. The weights are then exported with their model card
+    (``models/matter/export``) for ``matter_model.load``.
     """
     invocation = run_training(
         pipes, context, training_command(store), CONFIG.training, store.path()
     )
     result = invocation.get_materialize_result()
+    card = export_model(store)
     curve = store.model_dir / "loss_curve.png"
     return dg.MaterializeResult(
         metadata={
             **result.metadata,
             "checkpoint_path": dg.MetadataValue.path(str(store.model_dir / "checkpoint.pt")),
+            "export_path": dg.MetadataValue.path(str(store.model_dir / EXPORT)),
+            "model_inputs": dg.MetadataValue.json(card["inputs"]),
             **(png_metadata(curve.read_bytes(), curve, "loss_curve") if curve.exists() else {}),
         }
     )

@@ -43,6 +43,7 @@ def test_every_stage_wrote_its_output(demo_run) -> None:
     ]
     assert (data / "models" / "matter" / "checkpoint.pt").exists()
     assert (data / "models" / "matter" / "loss_curve.png").exists()
+    assert (data / "models" / "matter" / "export" / "model_card.json").exists()
 
 
 def test_dagster_job_execute_runs_one_partition_of_the_chain(demo_run) -> None:
