@@ -34,7 +34,7 @@ from matter_model.pretrained import (
     CARD_VERSION,
     WEIGHTS,
     file_sha256,
-    product_level,
+    parse_product_level,
 )
 
 logger = logging.getLogger(__name__)
@@ -98,8 +98,8 @@ def _resolve_level(given: str | None, store: dict[str, Any]) -> str:
             "neither --product-level nor the patch store's store.json says which product level "
             "the model was trained on; pass --product-level L1C or L2A"
         )
-    level = product_level(given if given is not None else recorded)
-    if recorded is not None and product_level(recorded) != level:
+    level = parse_product_level(given if given is not None else recorded)
+    if recorded is not None and parse_product_level(recorded) != level:
         raise ExportInputError(
             f"--product-level {given} contradicts the patch store, which records {recorded}"
         )

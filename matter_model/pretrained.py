@@ -47,7 +47,7 @@ class InputMismatchError(ValueError):
     """An image's bands or product level are not those the weights were trained on."""
 
 
-def product_level(name: str) -> str:
+def parse_product_level(name: str) -> str:
     """``name`` as one of :data:`PRODUCT_LEVELS` (case-insensitive); a ValueError otherwise."""
     level = str(name).upper()
     if level not in PRODUCT_LEVELS:
