@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import difflib
 import json
 import os
 import sys
@@ -108,11 +109,18 @@ def _defaults() -> dict[str, Any]:
 
 
 def check_keys(config: dict[str, Any], reference: dict[str, Any], where: str = "") -> None:
-    """Raise ConfigError naming keys of ``config`` unknown to ``reference`` and the valid ones."""
+    """Raise ConfigError naming keys of ``config`` unknown to ``reference``, the nearest valid
+    key of each, and the valid ones."""
     unknown = sorted(set(config) - set(reference))
     if unknown:
+        nearest = [
+            repr(where + match[0])
+            for key in unknown
+            if (match := difflib.get_close_matches(key, list(reference), n=1))
+        ]
+        hint = f" (did you mean {', '.join(nearest)}?)" if nearest else ""
         raise ConfigError(
-            f"unknown config key(s) {[where + key for key in unknown]}; valid keys: "
+            f"unknown config key(s) {[where + key for key in unknown]}{hint}; valid keys: "
             f"{sorted(where + key for key in reference)}"
         )
     for key, value in config.items():
