@@ -3,7 +3,8 @@
 Every check is blocking: when it fails (an error; a warning such as an all-cloudy screen does not
 block), the downstream assets of that partition do not run in the same run, and the result, with
 the figures it judged, shows on the asset's "Checks" tab in the UI.
-Thresholds come from the ``checks:`` section of the project configuration (defaults below).
+Thresholds come from the ``checks:`` section of the project configuration (defaults and their
+meaning in ``assets.config.CheckSettings``).
 """
 
 import inspect
@@ -23,20 +24,6 @@ from matter_model.patch_store import ROLES
 from pipelines.coregistration import estimate_shift, open_stack
 from pipelines.tiling import count_triplets
 
-DEFAULTS = {
-    # share of a stack's pixel-dates that are cloud-free (valid); below it the stack is useless
-    "min_cloud_free_fraction": 0.3,
-    # shift between the reference date and a corrected date, measured again after correction
-    "max_residual_shift_px": 0.5,
-    # share of a region's valid windows kept as unchanged: near 0 or 1 means a broken screen
-    "unchanged_share": [0.02, 0.98],
-    # below this many valid windows a share says little: the range is not enforced
-    "min_windows_for_share": 50,
-    # dates whose overlap with the reference is under this share are not re-measured
-    "min_overlap_fraction": 0.2,
-    # side of the central crop the residual is measured on (bounds the cost on full tiles)
-    "residual_crop_px": 1024,
-}
 # Partitioned asset checks are marked "preview" in this Dagster release; they are what lets a
 # check judge the partition its asset run materialised, so the warning is acknowledged here.
 warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec")
@@ -71,8 +58,8 @@ def partition_check(asset: dg.AssetsDefinition):
 
 
 def setting(name: str):
-    """A check threshold: the configuration's ``checks.<name>``, else the default."""
-    return CONFIG.checks.get(name, DEFAULTS[name])
+    """A check threshold: the configuration's ``checks.<name>`` (its default when unset)."""
+    return getattr(CONFIG.checks, name)
 
 
 @partition_check(coregistered_stack)
@@ -156,7 +143,7 @@ def unchanged_share(store: DataStore, part: RegionWindow) -> dg.AssetCheckResult
     warning, not a failure: tiling then writes an empty shard.
     """
     table = pd.read_csv(store.screen(part.region, part.window))
-    min_valid = float(CONFIG.screen.get("min_valid_fraction", 0.9))
+    min_valid = CONFIG.screen.min_valid_fraction
     valid_windows = int((table["min_valid_fraction"] >= min_valid).sum())
     kept = int(table["unchanged"].sum())
     low, high = (float(v) for v in setting("unchanged_share"))

@@ -2,56 +2,271 @@
 
 ``MATTER_CONFIG`` names the file; without it the embedded demo configuration is used. Regions
 and time windows define the partitions, so adding a region is an edit of this file only.
+
+Each section is a pydantic model holding that section's defaults (the only place they are
+written); an unknown key, a value out of range or a region name that is not a slug fails when the
+code location loads, with a message naming the section, the key and the nearest valid key.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
-from dataclasses import dataclass, field
+import re
+from collections.abc import Iterable, Mapping
+from datetime import date
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+# The trainer's full key set: `training.overrides` may set any of these, and nothing else.
+TRAINER_DEFAULTS = Path(__file__).resolve().parents[1] / "matter_model" / "configs" / "default.yaml"
 ENDPOINTS = {
     "earth-search": "https://earth-search.aws.element84.com/v1",
     # Its asset hrefs are signed at search time and re-signed before each read (stac/signing.py).
     "planetary-computer": "https://planetarycomputer.microsoft.com/api/stac/v1",
 }
+AUTHORS_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12")
+SLUG = re.compile(r"[A-Za-z0-9_-]+")
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[float, Field(gt=0.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class ConfigError(ValueError):
     """The project configuration is malformed; the message names the key and the fix."""
 
 
-@dataclass(frozen=True)
-class Region:
+def nearest_key_hint(key: str, valid: Iterable[str]) -> str:
+    """``; did you mean `x`?`` for the valid key closest to ``key``, or nothing."""
+    match = difflib.get_close_matches(key, sorted(valid), n=1)
+    return f"; did you mean `{match[0]}`?" if match else ""
+
+
+class Section(BaseModel):
+    """A section of the configuration: typed, immutable, unknown keys refused by name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Fields set by the loader, not by the file.
+    internal: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        if isinstance(data, Mapping):
+            valid = sorted(set(cls.model_fields) - cls.internal)
+            for key in data:
+                if key not in valid:
+                    hint = nearest_key_hint(str(key), valid) or "."
+                    raise ValueError(f"unknown key `{key}`{hint} Valid keys: {valid}")
+        return data
+
+
+class StacSettings(Section):
+    endpoint: str = "demo"  # "demo", "earth-search", "planetary-computer" or a STAC API URL
+    demo_world_spec: str = "default"  # with endpoint demo: a key of pipelines.demo_world.SPECS
+    collection: str = "sentinel-2-l2a"
+    max_cloud_cover: Annotated[float, Field(ge=0.0, le=100.0)] = 100.0
+    href_rewrites: tuple[tuple[str, str], ...] = ()
+
+
+class TimeWindows(Section):
+    start: date
+    end: date | None = None  # None: windows up to today
+    months: Annotated[int, Field(ge=1, le=12)] = 3
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TimeWindows:
+        if 12 % self.months:
+            raise ValueError(f"months must divide 12 (1, 2, 3, 4, 6 or 12), got {self.months}")
+        if self.end is not None and self.end <= self.start:
+            raise ValueError(f"end {self.end} must come after start {self.start}")
+        return self
+
+
+class Region(Section):
     """A named area of interest: lon/lat bbox and, optionally, the MGRS tiles to keep."""
 
     name: str
     bbox: tuple[float, float, float, float]
     mgrs_tiles: tuple[str, ...] = ()
 
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, name: str) -> str:
+        if not SLUG.fullmatch(name):
+            raise ValueError(
+                f"region name {name!r} must be a slug: letters, digits, '-' and '_' only "
+                "(it names partitions and folders of the data store)"
+            )
+        return name
 
-@dataclass(frozen=True)
-class ProjectConfig:
-    """The parsed configuration; each section is a plain dict of that stage's settings."""
+    @field_validator("bbox")
+    @classmethod
+    def _bbox(cls, bbox: tuple[float, float, float, float]) -> tuple[float, ...]:
+        west, south, east, north = bbox
+        if not all(-180.0 <= lon <= 180.0 for lon in (west, east)):
+            raise ValueError(f"bbox {list(bbox)}: longitudes must lie in [-180, 180]")
+        if not all(-90.0 <= lat <= 90.0 for lat in (south, north)):
+            raise ValueError(f"bbox {list(bbox)}: latitudes must lie in [-90, 90]")
+        if not (west < east and south < north):
+            raise ValueError(
+                f"bbox {list(bbox)} must be [min_lon, min_lat, max_lon, max_lat] with "
+                "min_lon < max_lon and min_lat < max_lat"
+            )
+        return bbox
 
-    path: Path
+
+class GridSettings(Section):
+    resolution_m: Positive = 10.0
+    # pipelines.coregistration's DEFAULT_CHUNK_PX and DEFAULT_SAMPLE_PX
+    chunk_px: PositiveInt = 1024  # co-registration block side
+    sample_px: PositiveInt = 1024  # the shift between dates is measured on at most this square
+
+
+class DaskSettings(Section):
+    address: str = ""  # a running scheduler; empty: a LocalCluster per step
+    processes: bool = False
+    n_workers: PositiveInt = 1
+    threads_per_worker: Annotated[int, Field(ge=0)] = 0  # 0: the cores shared among workers
+    memory_limit: str = "auto"
+    connect_timeout_s: Positive = 30.0
+
+
+class ScreenSettings(Section):
+    window: PositiveInt = 32
+    # 0.5, the demo's threshold; pipelines.change_screen.screen_windows alone defaults to 1.2
+    threshold: Positive = 0.5
+    method: str = "cva"  # a key of pipelines.change_screen.PIXEL_SCORES
+    quantile: Fraction = 1.0
+    min_valid_fraction: Fraction = 0.9
+
+
+class TilingSettings(Section):
+    bands: tuple[str, ...] = Field(default=AUTHORS_BANDS, min_length=1)
+    min_valid_fraction: Fraction = 0.9
+    min_negative_distance_px: Annotated[int, Field(ge=0)] = 64
+    max_pairs_per_window: PositiveInt | None = None  # None: every ordered pair of valid dates
+    strip_rows: PositiveInt | None = None  # None: the whole scene is one strip
+    negatives: Literal["same_scene", "other_region"] = "same_scene"
+    seed: int = 0
+
+
+@cache
+def trainer_keys() -> frozenset[str]:
+    """Every key of the trainer's configuration, nested ones dotted (``model.norm``)."""
+    return frozenset(_dotted(yaml.safe_load(TRAINER_DEFAULTS.read_text())))
+
+
+def _dotted(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+class TrainingSettings(Section):
+    config: str = "demo"  # a name of matter_model/configs/ or a path
+    overrides: dict[str, Any] = {}  # trainer keys, dotted or nested: `model.norm: group`
+    launcher: Literal["subprocess", "kubernetes"] = "subprocess"
+    kubernetes: dict[str, Any] = {}  # checked by assets.k8s.TrainingPod with launcher kubernetes
+
+    @field_validator("overrides", "kubernetes", mode="before")
+    @classmethod
+    def _empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("overrides")
+    @classmethod
+    def _trainer_keys(cls, overrides: Any) -> Any:
+        if not isinstance(overrides, Mapping):
+            return overrides
+        valid = trainer_keys()
+        for key in _dotted(overrides):
+            if key not in valid:
+                raise ValueError(
+                    f"`{key}` is not a key of the trainer's configuration"
+                    f"{nearest_key_hint(key, valid)} (see matter_model/configs/default.yaml)"
+                )
+        return overrides
+
+
+class EvaluationSettings(Section):
+    oscd_root: str | None = None  # evaluated when the folder exists
+    window: PositiveInt = 13
+    sigma: Annotated[float, Field(ge=0.0)] = 1.0
+    features: str = "residual"  # matter_model.change_detection.CHANGE_MAP_OUTPUT
+
+
+class SensorSettings(Section):
+    interval_s: PositiveInt = 3600
+    lookback_windows: PositiveInt = 2  # complete windows searched each tick
+
+
+class CheckSettings(Section):
+    # share of a stack's pixel-dates that are cloud-free (valid); below it the stack is useless
+    min_cloud_free_fraction: Fraction = 0.3
+    # shift between the reference date and a corrected date, measured again after correction
+    max_residual_shift_px: Positive = 0.5
+    # share of a region's valid windows kept as unchanged: near 0 or 1 means a broken screen
+    unchanged_share: tuple[Fraction, Fraction] = (0.02, 0.98)
+    # below this many valid windows a share says little: the range is not enforced
+    min_windows_for_share: Annotated[int, Field(ge=0)] = 50
+    # dates whose overlap with the reference is under this share are not re-measured
+    min_overlap_fraction: Fraction = 0.2
+    # side of the central crop the residual is measured on (bounds the cost on full tiles)
+    residual_crop_px: PositiveInt = 1024
+
+    @field_validator("unchanged_share")
+    @classmethod
+    def _ordered(cls, share: tuple[float, float]) -> tuple[float, float]:
+        if share[0] > share[1]:
+            raise ValueError(f"[low, high] with low <= high, got {list(share)}")
+        return share
+
+
+class StorageSettings(Section):
+    root: str = ".demo/data"
+
+
+class ProjectConfig(Section):
+    """The parsed configuration: one typed section per stage, defaults filled in."""
+
+    internal: ClassVar[frozenset[str]] = frozenset({"path"})
+
+    path: Path = DEMO_CONFIG  # the file it was read from
+    stac: StacSettings
+    time_windows: TimeWindows
     regions: tuple[Region, ...]
-    stac: dict[str, Any]
-    time_windows: dict[str, Any]
-    grid: dict[str, Any] = field(default_factory=dict)
-    screen: dict[str, Any] = field(default_factory=dict)
-    tiling: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-    evaluation: dict[str, Any] = field(default_factory=dict)
-    storage: dict[str, Any] = field(default_factory=dict)
-    checks: dict[str, Any] = field(default_factory=dict)
-    sensor: dict[str, Any] = field(default_factory=dict)
-    dask: dict[str, Any] = field(default_factory=dict)
+    grid: GridSettings = GridSettings()
+    dask: DaskSettings = DaskSettings()
+    screen: ScreenSettings = ScreenSettings()
+    tiling: TilingSettings = TilingSettings()
+    training: TrainingSettings = TrainingSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+    sensor: SensorSettings = SensorSettings()
+    checks: CheckSettings = CheckSettings()
+    storage: StorageSettings = StorageSettings()
+
+    @field_validator("regions")
+    @classmethod
+    def _unique(cls, regions: tuple[Region, ...]) -> tuple[Region, ...]:
+        names = [r.name for r in regions]
+        if not names:
+            raise ValueError("list at least one region (name and bbox)")
+        if len(set(names)) != len(names):
+            raise ValueError(f"region names must be unique, got {names}")
+        return regions
 
     def region(self, name: str) -> Region:
         for region in self.regions:
@@ -62,43 +277,36 @@ class ProjectConfig:
         )
 
 
-def parse_config(raw: dict[str, Any], path: Path) -> ProjectConfig:
+def _where(loc: tuple[int | str, ...], raw: Mapping[str, Any]) -> str:
+    """``screen.threshold`` or ``regions[beauce].bbox`` for a pydantic error location."""
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        if isinstance(part, int) and loc[:i] == ("regions",):
+            entry = (raw.get("regions") or [None] * (part + 1))[part]
+            name = entry.get("name") if isinstance(entry, Mapping) else None
+            parts[-1] += f"[{name!r}]" if name else f"[{part}]"
+        else:
+            parts.append(str(part))
+    return ".".join(parts) or "(top level)"
+
+
+def _message(error: Any) -> str:
+    if error["type"] == "value_error":
+        return str(error["ctx"]["error"])
+    if error["type"] == "missing":
+        return "missing: add it (see assets/demo.yaml)"
+    return f"{error['msg']}, got {error.get('input')!r}"
+
+
+def parse_config(raw: Mapping[str, Any], path: Path) -> ProjectConfig:
     """Validate a configuration mapping (see ``assets/demo.yaml`` for every key)."""
-    for key in ("stac", "time_windows", "regions"):
-        if key not in raw:
-            raise ConfigError(f"{path}: missing section `{key}` (see assets/demo.yaml)")
-    regions = []
-    for entry in raw["regions"]:
-        name, bbox = entry.get("name"), entry.get("bbox")
-        if not name or not isinstance(bbox, list) or len(bbox) != 4:
-            raise ConfigError(
-                f"{path}: each region needs `name` and `bbox: [min_lon, min_lat, max_lon, "
-                f"max_lat]`; got {entry}"
-            )
-        if "|" in name or "," in name:
-            raise ConfigError(f"{path}: region name {name!r} must not contain '|' or ','")
-        regions.append(
-            Region(name, tuple(float(v) for v in bbox), tuple(entry.get("mgrs_tiles", ())))
-        )
-    if len({r.name for r in regions}) != len(regions):
-        raise ConfigError(f"{path}: region names must be unique")
-    sections = {
-        k: raw.get(k, {}) or {}
-        for k in (
-            "stac",
-            "time_windows",
-            "grid",
-            "screen",
-            "tiling",
-            "training",
-            "evaluation",
-            "storage",
-            "checks",
-            "sensor",
-            "dask",
-        )
-    }
-    return ProjectConfig(path=path, regions=tuple(regions), **sections)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: a mapping of sections is expected (see assets/demo.yaml)")
+    try:
+        return ProjectConfig.model_validate(raw).model_copy(update={"path": path})
+    except ValidationError as exc:
+        problems = [f"{_where(e['loc'], raw)}: {_message(e)}" for e in exc.errors()]
+        raise ConfigError(f"{path}: " + "; ".join(problems)) from None
 
 
 @cache

@@ -17,7 +17,7 @@ from assets.partitions import CONFIG
 from assets.resources import DataStore, StacApi
 from assets.sensors import new_scenes
 
-_store = DataStore(root=str(CONFIG.storage.get("root", ".demo/data")))
+_store = DataStore(root=CONFIG.storage.root)
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([imagery, patches, model, evaluation]),
@@ -28,14 +28,14 @@ defs = dg.Definitions(
     resources={
         "store": _store,
         "stac": StacApi(
-            endpoint=CONFIG.stac.get("endpoint", "demo"),
+            endpoint=CONFIG.stac.endpoint,
             demo_world_root=str(_store.demo_world),
-            demo_world_spec=CONFIG.stac.get("demo_world_spec", "default"),
-            collection=CONFIG.stac.get("collection", "sentinel-2-l2a"),
-            max_cloud_cover=float(CONFIG.stac.get("max_cloud_cover", 100)),
+            demo_world_spec=CONFIG.stac.demo_world_spec,
+            collection=CONFIG.stac.collection,
+            max_cloud_cover=CONFIG.stac.max_cloud_cover,
         ),
         "pipes": pipes_client(CONFIG.training, _store.path()),
-        "dask_cluster": DaskCluster(**CONFIG.dask),
+        "dask_cluster": DaskCluster(**CONFIG.dask.model_dump()),
     },
     executor=executor_from_env(),
 )

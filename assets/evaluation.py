@@ -10,7 +10,7 @@ from assets.partitions import CONFIG
 from assets.previews import markdown_table, png_metadata
 from assets.resources import DataStore
 from matter_model.atomic_io import atomic_write_text
-from matter_model.change_detection import CHANGE_MAP_OUTPUT, ChangePair, compare_with_baselines
+from matter_model.change_detection import ChangePair, compare_with_baselines
 from matter_model.checkpoint import load_model
 from matter_model.datasets.oscd import OSCD
 from matter_model.downstream.oscd import unsupervised as oscd_unsupervised
@@ -34,17 +34,16 @@ def change_detection_eval(
     bands = list(model_config["bands"])  # the pairs are read with the bands the model expects
     datasets: dict[str, Iterable[ChangePair]] = {}
     stacks = sorted(store.path("stacks").glob("*/*.zarr"))
-    if CONFIG.stac.get("endpoint") == "demo" and stacks:
+    if CONFIG.stac.endpoint == "demo" and stacks:
         datasets["demo_world"] = demo_change_pairs(store.demo_world, stacks, bands)
-    oscd_root = settings.get("oscd_root")
+    oscd_root = settings.oscd_root
     oscd = OSCD(Path(oscd_root)) if oscd_root and Path(oscd_root).exists() else None
     if oscd is None:
         context.log.info(f"OSCD not evaluated: evaluation.oscd_root {oscd_root!r} does not exist")
     if not datasets and oscd is None:
         raise RuntimeError("nothing to evaluate on: no demo-world stacks and no OSCD root")
     previews = store.reports / "change_maps"
-    window, sigma = int(settings.get("window", 13)), float(settings.get("sigma", 1.0))
-    output = str(settings.get("features", CHANGE_MAP_OUTPUT))
+    window, sigma, output = settings.window, settings.sigma, settings.features
     results = compare_with_baselines(model, model_config, datasets, window, sigma, previews, output)
     if oscd is not None:  # the same code as `python -m matter_model.evaluate oscd`
         results["oscd"] = oscd_unsupervised(

@@ -11,8 +11,6 @@ from assets.previews import figure_png, png_metadata, true_colour
 from assets.resources import DataStore, StacApi
 from matter_model.atomic_io import atomic_write_text
 from pipelines.coregistration import (
-    DEFAULT_CHUNK_PX,
-    DEFAULT_SAMPLE_PX,
     coregister,
     open_stack,
     region_grid,
@@ -78,14 +76,14 @@ def coregistered_stack(
     # of a region then shares one grid.
     lon0, lat0, lon1, lat1 = region.bbox
     epsg = utm_epsg((lon0 + lon1) / 2, (lat0 + lat1) / 2)
-    grid = region_grid(region.bbox, epsg, float(CONFIG.grid.get("resolution_m", 10)))
+    grid = region_grid(region.bbox, epsg, CONFIG.grid.resolution_m)
     stack = coregister(
         items,
         grid,
         region=part.region,
-        href_rewrites=[tuple(r) for r in CONFIG.stac.get("href_rewrites", [])],
-        chunk_px=int(CONFIG.grid.get("chunk_px", DEFAULT_CHUNK_PX)),
-        sample_px=int(CONFIG.grid.get("sample_px", DEFAULT_SAMPLE_PX)),
+        href_rewrites=list(CONFIG.stac.href_rewrites),
+        chunk_px=CONFIG.grid.chunk_px,
+        sample_px=CONFIG.grid.sample_px,
     )
     path = write_stack(stack, store.stack(part.region, part.window))
     stack = open_stack(path)

@@ -15,7 +15,7 @@ from typing import Any
 import dagster as dg
 from dagster_k8s import PipesK8sClient
 
-from assets.config import ConfigError
+from assets.config import ConfigError, TrainingSettings
 
 LAUNCHERS = ("subprocess", "kubernetes")
 # Keys of ``training.kubernetes`` that configure the client's cluster access, not the pod.
@@ -101,21 +101,28 @@ class TrainingPod:
         return pod_command
 
 
-def launcher(training: Mapping[str, Any]) -> str:
+Training = Mapping[str, Any] | TrainingSettings
+
+
+def _as_mapping(training: Training) -> Mapping[str, Any]:
+    return training.model_dump() if isinstance(training, TrainingSettings) else training
+
+
+def launcher(training: Training) -> str:
     """``training.launcher``, checked."""
-    name = str(training.get("launcher", "subprocess"))
+    name = str(_as_mapping(training).get("launcher", "subprocess"))
     if name not in LAUNCHERS:
         raise ConfigError(f"training.launcher is {name!r}; use one of {list(LAUNCHERS)}")
     return name
 
 
-def pipes_client(training: Mapping[str, Any], data_root: Path) -> dg.PipesClient:
+def pipes_client(training: Training, data_root: Path) -> dg.PipesClient:
     """The Pipes client of the configured launcher, its pod settings checked when the code
     location loads (no cluster is contacted until a run)."""
     if launcher(training) == "subprocess":
         return dg.PipesSubprocessClient()
     training_pod(training, data_root)
-    kubernetes = training.get("kubernetes") or {}
+    kubernetes = _as_mapping(training).get("kubernetes") or {}
     return PipesK8sClient(
         load_incluster_config=bool(kubernetes.get("load_incluster_config", True)),
         kubeconfig_file=kubernetes.get("kubeconfig_file"),
@@ -123,9 +130,10 @@ def pipes_client(training: Mapping[str, Any], data_root: Path) -> dg.PipesClient
     )
 
 
-def training_pod(training: Mapping[str, Any], data_root: Path) -> TrainingPod:
+def training_pod(training: Training, data_root: Path) -> TrainingPod:
     """The pod of ``training.kubernetes``; cluster-access keys belong to the client, not the pod."""
-    pod_keys = {k: v for k, v in (training.get("kubernetes") or {}).items() if k not in CLIENT_KEYS}
+    kubernetes = _as_mapping(training).get("kubernetes") or {}
+    pod_keys = {k: v for k, v in kubernetes.items() if k not in CLIENT_KEYS}
     return TrainingPod.from_config(pod_keys, str(data_root))
 
 
@@ -133,7 +141,7 @@ def run_training(
     pipes: dg.PipesClient,
     context: dg.AssetExecutionContext,
     command: list[str],
-    training: Mapping[str, Any],
+    training: Training,
     data_root: Path,
 ) -> dg.PipesClientCompletedInvocation:
     """Run the training command under the configured launcher and wait for its results."""

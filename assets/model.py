@@ -19,7 +19,7 @@ EXPORT = "export"  # beside the checkpoint: model.safetensors, model_card.json, 
 
 def training_config() -> Path:
     """The training YAML: a name of ``matter_model/configs/`` (``demo``) or a path."""
-    name = str(CONFIG.training.get("config", "demo"))
+    name = CONFIG.training.config
     packaged = CONFIGS / f"{name}.yaml"
     path = packaged if packaged.exists() else Path(name)
     if not path.exists():
@@ -44,7 +44,7 @@ def training_command(store: DataStore) -> list[str]:
         "--out",
         str(store.model_dir),
     ]
-    for key, value in (CONFIG.training.get("overrides") or {}).items():
+    for key, value in CONFIG.training.overrides.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
     return command
 

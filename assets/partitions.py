@@ -13,13 +13,11 @@ from assets.config import ProjectConfig, load_config
 def time_windows(config: ProjectConfig) -> dg.TimeWindowPartitionsDefinition:
     """Windows of ``months`` months from ``start`` (to ``end``, or to today when absent)."""
     tw = config.time_windows
-    months = int(tw.get("months", 3))
-    if 12 % months:
-        raise ValueError(f"time_windows.months must divide 12, got {months}")
+    months = tw.months  # a divisor of 12, checked with the configuration
     return dg.TimeWindowPartitionsDefinition(
         cron_schedule=f"0 0 1 */{months} *" if months > 1 else "0 0 1 * *",
-        start=str(tw["start"]),
-        end=str(tw["end"]) if tw.get("end") else None,
+        start=tw.start.isoformat(),
+        end=tw.end.isoformat() if tw.end else None,
         fmt="%Y-%m-%d",
     )
 

@@ -24,7 +24,7 @@ def change_screen(context: dg.AssetExecutionContext, store: DataStore) -> dg.Mat
     """The windows of the partition that stayed unchanged between every pair of its dates."""
     part = region_window(context)
     stack = open_stack(store.stack(part.region, part.window)).load()
-    table = screen_windows(stack, **CONFIG.screen)
+    table = screen_windows(stack, **CONFIG.screen.model_dump())
     path = store.screen(part.region, part.window)
     atomic_write_text(path, table.to_csv(index=False))
     rows, cols = int(table["row"].max()) + 1, int(table["col"].max()) + 1
@@ -36,7 +36,7 @@ def change_screen(context: dg.AssetExecutionContext, store: DataStore) -> dg.Mat
         "unchanged_share": float(kept.mean()),
         "path": dg.MetadataValue.path(str(path)),
     }
-    if CONFIG.stac.get("endpoint") == "demo":
+    if CONFIG.stac.endpoint == "demo":
         dates = [str(t)[:10] for t in stack.time.values.astype("datetime64[D]")]
         truth = change_truth(store.demo_world, part.region, dates, stack_grid(stack))
         quality = screening_quality(table, window_truth(truth, int(table["size"].iloc[0])))
@@ -87,8 +87,8 @@ def tiling_inputs(store: DataStore, part: RegionWindow) -> tuple[StackSource, pd
     the configuration with the negative pool resolved: what `patch_triplets` tiles from."""
     stack = open_stack(store.stack(part.region, part.window))  # StackSource reads only `bands`
     screen = pd.read_csv(store.screen(part.region, part.window))
-    settings = dict(CONFIG.tiling)
-    negatives = settings.pop("negatives", "same_scene")
+    settings = CONFIG.tiling.model_dump()
+    negatives = settings.pop("negatives")
     bands = list(settings["bands"])
     settings["negative_pool"] = negative_pool(store, part, negatives, bands)
     return StackSource(stack, bands), screen, settings

@@ -34,7 +34,7 @@ def complete_windows(now: datetime) -> list[str]:
     """The latest ``lookback_windows`` complete time windows at ``now``, oldest first."""
     windows = REGION_WINDOWS.get_partitions_def_for_dimension("window")
     keys = windows.get_partition_keys(current_time=now)
-    return keys[-int(CONFIG.sensor.get("lookback_windows", 2)) :]
+    return keys[-CONFIG.sensor.lookback_windows :]
 
 
 def items_by_window(items: list[dict], windows: list[str]) -> dict[str, list[str]]:
@@ -52,7 +52,7 @@ def items_by_window(items: list[dict], windows: list[str]) -> dict[str, list[str
 
 @dg.sensor(
     job=patch_dataset,
-    minimum_interval_seconds=int(CONFIG.sensor.get("interval_s", 3600)),
+    minimum_interval_seconds=CONFIG.sensor.interval_s,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="New Sentinel-2 L2A scenes over a configured region: re-run its partition.",
 )

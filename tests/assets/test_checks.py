@@ -82,7 +82,9 @@ def test_every_check_passes_on_the_demo_world_and_catches_a_tampered_shard(
 def test_a_failing_check_blocks_the_stages_after_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(CONFIG.checks, "min_cloud_free_fraction", 1.01)
+    # Past the range a file may hold (a fraction), so that the check cannot pass.
+    unreachable = CONFIG.checks.model_copy(update={"min_cloud_free_fraction": 1.01})
+    monkeypatch.setattr(checks, "CONFIG", CONFIG.model_copy(update={"checks": unreachable}))
     result = _materialise(tmp_path)
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert not evaluations["cloud_free_fraction"].passed

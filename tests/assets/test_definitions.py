@@ -11,9 +11,8 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
-import pytest
 
-from assets.config import ConfigError, load_config, parse_config
+from assets.config import load_config
 from assets.definitions import defs
 from assets.jobs import dataset_refresh
 from assets.partitions import REGION_WINDOWS
@@ -74,19 +73,3 @@ def test_demo_config_regions_match_the_demo_world(tmp_path) -> None:
     config = load_config()
     for region in manifest["regions"]:
         np.testing.assert_allclose(config.region(region["name"]).bbox, region["bbox"], atol=1e-4)
-
-
-@pytest.mark.parametrize(
-    ("raw", "message"),
-    [
-        ({"stac": {}, "time_windows": {}}, "missing section `regions`"),
-        ({"stac": {}, "time_windows": {}, "regions": [{"name": "a"}]}, "needs `name` and `bbox"),
-        (
-            {"stac": {}, "time_windows": {}, "regions": [{"name": "a|b", "bbox": [0, 0, 1, 1]}]},
-            "must not contain",
-        ),
-    ],
-)
-def test_bad_config_is_named(raw: dict, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        parse_config(raw, Path("cfg.yaml"))

@@ -92,7 +92,7 @@ def test_compose_references_only_files_that_exist() -> None:
             config = service["environment"]["MATTER_CONFIG"]
             assert config in mounted, f"{name}: MATTER_CONFIG {config} is not mounted"
     matter = DOCKER / "matter.yaml"
-    assert parse_config(yaml.safe_load(matter.read_text()), matter).storage["root"] == "/data"
+    assert parse_config(yaml.safe_load(matter.read_text()), matter).storage.root == "/data"
 
 
 def test_compose_takes_every_secret_from_the_environment_and_requires_the_password() -> None:
