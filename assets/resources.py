@@ -21,7 +21,16 @@ class DataStore(dg.ConfigurableResource):
     root: str = ".demo/data"
 
     def path(self, *parts: str) -> Path:
-        return Path(self.root, *parts).resolve()
+        """``root/parts...``, resolved; a path that leaves ``root`` (``..``, an absolute part,
+        a symlink out) is refused, so no partition or setting writes outside the store."""
+        root = Path(self.root).resolve()
+        path = root.joinpath(*parts).resolve()
+        if not path.is_relative_to(root):
+            raise ValueError(
+                f"{'/'.join(parts)!r} resolves to {path}, outside the data store {root} "
+                "(storage.root): region names and store paths must stay inside it"
+            )
+        return path
 
     def items(self, region: str, window: str) -> Path:
         return self.path("items", region, f"{window}.json")

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from assets.config import ConfigError, ProjectConfig, load_config, parse_config
+from assets.resources import DataStore
 from matter_model.train import load_config as load_training_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -132,3 +133,16 @@ def test_missing_sections_are_named() -> None:
         parse_config({"stac": {}, "time_windows": {"start": "2024-01-01"}}, Path("cfg.yaml"))
     with pytest.raises(ConfigError, match="a mapping of sections"):
         parse_config(["stac"], Path("cfg.yaml"))  # type: ignore[arg-type]
+
+
+def test_the_store_refuses_paths_outside_its_root(tmp_path: Path) -> None:
+    store = DataStore(root=str(tmp_path / "data"))
+    assert store.items("beauce", "2024-04-01") == tmp_path / "data/items/beauce/2024-04-01.json"
+    with pytest.raises(ValueError, match=r"outside the data store .*storage\.root"):
+        store.items("../../escape", "2024-04-01")
+    with pytest.raises(ValueError, match="outside the data store"):
+        store.path("/etc")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "link").symlink_to(tmp_path)
+    with pytest.raises(ValueError, match="outside the data store"):
+        store.path("link", "x")
