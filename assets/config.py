@@ -168,7 +168,7 @@ def trainer_keys() -> frozenset[str]:
 def _dotted(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in mapping.items():
-        if isinstance(value, Mapping) and value:
+        if isinstance(value, Mapping):  # an empty one sets nothing
             flat.update(_dotted(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
@@ -199,6 +199,16 @@ class TrainingSettings(Section):
                     f"{nearest_key_hint(key, valid)} (see matter_model/configs/default.yaml)"
                 )
         return overrides
+
+    def override_settings(self) -> list[str]:
+        """``key=value`` per override for the trainer's ``--set``: nested keys dotted, each
+        value written as YAML that reads back as the same value (``1.0e-05``, ``'yes'``)."""
+        return [f"{key}={_yaml_value(value)}" for key, value in _dotted(self.overrides).items()]
+
+
+def _yaml_value(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30)
+    return text.removesuffix("\n...\n").strip()
 
 
 class EvaluationSettings(Section):

@@ -44,8 +44,8 @@ def training_command(store: DataStore) -> list[str]:
         "--out",
         str(store.model_dir),
     ]
-    for key, value in CONFIG.training.overrides.items():
-        command += [f"--{key.replace('_', '-')}", str(value)]
+    for setting in CONFIG.training.override_settings():
+        command += ["--set", setting]
     return command
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from assets import model
 from assets.config import ConfigError, ProjectConfig, load_config, parse_config
 from assets.resources import DataStore
+from matter_model.train import _parse as parse_training_command
 from matter_model.train import load_config as load_training_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,6 +135,35 @@ def test_missing_sections_are_named() -> None:
         parse_config({"stac": {}, "time_windows": {"start": "2024-01-01"}}, Path("cfg.yaml"))
     with pytest.raises(ConfigError, match="a mapping of sections"):
         parse_config(["stac"], Path("cfg.yaml"))  # type: ignore[arg-type]
+
+
+def test_overrides_reach_the_trainer_as_set_even_without_a_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    overrides = {
+        "temperature": 0.05,  # no flag of its own: `--temperature` failed the step before
+        "resume": True,
+        "lr": 1e-5,
+        "model": {"norm": "group"},
+        "augment.shift_px": 2,
+        "bands": ["B02", "B03", "B04"],
+    }
+    config = parse(training={"overrides": overrides})
+    monkeypatch.setattr(model, "CONFIG", config)
+    command = model.training_command(DataStore(root=str(tmp_path)))
+    assert command[command.index("--set") :] == [
+        "--set", "temperature=0.05",
+        "--set", "resume=true",
+        "--set", "lr=1.0e-05",
+        "--set", "model.norm=group",
+        "--set", "augment.shift_px=2",
+        "--set", "bands=[B02, B03, B04]",
+    ]  # fmt: skip
+    trainer = parse_training_command(command[3:])  # after `python -m matter_model.train`
+    assert trainer["temperature"] == 0.05 and trainer["resume"] is True and trainer["lr"] == 1e-5
+    assert trainer["model"]["norm"] == "group" and trainer["augment"]["shift_px"] == 2
+    assert trainer["bands"] == ["B02", "B03", "B04"]
+    assert trainer["out"] == str(tmp_path / "models" / "matter")
 
 
 def test_the_store_refuses_paths_outside_its_root(tmp_path: Path) -> None:
