@@ -66,8 +66,8 @@ def export_model(store: DataStore) -> dict:
     return export(
         store.model_dir / "checkpoint.pt",
         store.model_dir / EXPORT,
-        product_level_of(str(CONFIG.stac.get("collection", "sentinel-2-l2a"))),
-        gsd_m=float(CONFIG.grid.get("resolution_m", 10)),
+        product_level_of(CONFIG.stac.collection),
+        gsd_m=CONFIG.grid.resolution_m,
         patch_store=store.patch_store,
     )
 
