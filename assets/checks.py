@@ -21,7 +21,8 @@ from assets.partitions import CONFIG, REGION_WINDOWS, RegionWindow, region_windo
 from assets.patches import change_screen, patch_triplets, tiling_inputs
 from assets.resources import DataStore
 from matter_model.patch_store import ROLES
-from pipelines.coregistration import estimate_shift, open_stack
+from pipelines.shift import estimate_shift
+from pipelines.stack_store import open_stack
 from pipelines.tiling import count_triplets
 
 # Partitioned asset checks are marked "preview" in this Dagster release; they are what lets a

@@ -10,15 +10,11 @@ from assets.partitions import CONFIG, REGION_WINDOWS, region_window
 from assets.previews import figure_png, png_metadata, true_colour
 from assets.resources import DataStore, StacApi
 from matter_model.atomic_io import atomic_write_text
-from pipelines.coregistration import (
-    coregister,
-    open_stack,
-    region_grid,
-    utm_epsg,
-    write_stack,
-)
+from pipelines.coregistration import coregister
+from pipelines.grid import region_grid, utm_epsg
 from pipelines.stac import StacSearchError, item_mgrs_tile, search_items
 from pipelines.stac.items import split_usable
+from pipelines.stack_store import open_stack, write_stack
 
 GROUP = "imagery"
 

@@ -10,8 +10,8 @@ from assets.resources import DataStore
 from matter_model.atomic_io import atomic_write_text
 from matter_model.patch_store import ROLES, read_shard
 from pipelines.change_screen import screen_windows, screening_quality, window_truth
-from pipelines.coregistration import open_stack, stack_grid
 from pipelines.demo_world.truth import change_truth
+from pipelines.stack_store import open_stack, stack_grid
 from pipelines.tiling import NegativePool, StackSource, tile_to_store
 
 GROUP = "patches"

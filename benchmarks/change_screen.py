@@ -43,9 +43,11 @@ from pipelines.change_screen import (  # noqa: E402
     window_scores,
     window_truth,
 )
-from pipelines.coregistration import coregister, region_grid, stack_grid, utm_epsg  # noqa: E402
+from pipelines.coregistration import coregister  # noqa: E402
 from pipelines.demo_world import DEFAULT_SPEC, generate_demo_world  # noqa: E402
 from pipelines.demo_world.truth import change_truth  # noqa: E402
+from pipelines.grid import region_grid, utm_epsg  # noqa: E402
+from pipelines.stack_store import stack_grid  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "change_screen.json"
 REAL_DATA = Path(os.environ.get("MATTER_REAL_DATA", REPO.parent / "shared" / "data"))

@@ -10,7 +10,7 @@ in full and the measured shifts can be checked against the planted ones. The ite
 Earth Search item with its hrefs pointed at the VRTs and one date each.
 
 Each case runs in a fresh subprocess that co-registers the stack and writes it to zarr with
-:func:`pipelines.coregistration.write_stack`; its peak resident set is the subprocess's
+:func:`pipelines.stack_store.write_stack`; its peak resident set is the subprocess's
 ``ru_maxrss``, GDAL's block cache included: it is set to ``--gdal-cache-mb`` (GDAL's own default,
 5% of RAM, lets the cache grow with the grid and hides what the blocks hold). "blocks" uses
 the default 1024 px blocks; "in memory" sets the block to the whole grid, so each date's 12
@@ -119,7 +119,9 @@ def run_case(items_path: Path, size_px: int, chunk_px: int, out: Path) -> dict:
     import numpy as np
     from affine import Affine
 
-    from pipelines.coregistration import Grid, coregister, open_stack, write_stack
+    from pipelines.coregistration import coregister
+    from pipelines.grid import Grid
+    from pipelines.stack_store import open_stack, write_stack
 
     items = json.loads(items_path.read_text())
     left, top = 199980.0, 2800020.0  # the 29RKH tile's upper-left corner

@@ -32,7 +32,7 @@ import pandas as pd
 import xarray as xr
 from scipy import ndimage
 
-from pipelines.coregistration import stack_grid
+from pipelines.stack_store import stack_grid
 
 
 def _standardised(image: np.ndarray, valid: np.ndarray) -> np.ndarray:

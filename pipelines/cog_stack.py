@@ -21,7 +21,8 @@ import rasterio
 from affine import Affine
 
 from pipelines.bands import SCL, SCL_INVALID_DEFAULT
-from pipelines.coregistration import Grid, asset_path, reflectance_offset
+from pipelines.grid import Grid
+from pipelines.stac.items import asset_path, reflectance_offset
 
 L2A_SCALE = 1e-4  # DN to reflectance, before the baseline's offset
 

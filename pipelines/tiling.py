@@ -31,7 +31,8 @@ import xarray as xr
 
 from matter_model.inputs import REFLECTANCE
 from matter_model.patch_store import StoreInfo, write_shard
-from pipelines.coregistration import Grid, stack_grid
+from pipelines.grid import Grid
+from pipelines.stack_store import stack_grid
 
 PATCH_COLUMNS = [
     "region",

@@ -12,7 +12,9 @@ from rasterio.enums import Resampling
 from scipy import ndimage
 
 from matter_model.change_detection import ChangePair
-from pipelines.coregistration import Grid, open_stack, read_asset, stack_grid
+from pipelines.grid import Grid
+from pipelines.scene_reader import read_asset
+from pipelines.stack_store import open_stack, stack_grid
 
 
 def change_truth(root: str | Path, region: str, dates: list[str], grid: Grid) -> np.ndarray:

@@ -1,7 +1,15 @@
-"""STAC: searching Sentinel-2 L2A items, signing Planetary Computer hrefs, and serving a local
-collection through a real STAC API. ``pipelines.stac.items`` (usable vs skipped items) is imported
-from its module: it depends on ``pipelines.coregistration``, which depends on this package."""
+"""STAC: searching Sentinel-2 L2A items, reading what an item says about itself, signing Planetary
+Computer hrefs, and serving a local collection through a real STAC API."""
 
+from pipelines.stac.items import (
+    SkippedItem,
+    asset_path,
+    item_epsg,
+    reflectance_offset,
+    scenes_by_date,
+    split_usable,
+    unusable_reason,
+)
 from pipelines.stac.search import (
     EmptySearchError,
     SearchRequest,
@@ -10,16 +18,24 @@ from pipelines.stac.search import (
     search_items,
 )
 from pipelines.stac.server import StacServer
-from pipelines.stac.signing import refresh_signature, sign_href, sign_item
+from pipelines.stac.signing import refresh_signature, resolve_href, sign_href, sign_item
 
 __all__ = [
     "EmptySearchError",
     "SearchRequest",
+    "SkippedItem",
     "StacSearchError",
     "StacServer",
+    "asset_path",
+    "item_epsg",
     "item_mgrs_tile",
+    "reflectance_offset",
     "refresh_signature",
+    "resolve_href",
+    "scenes_by_date",
     "search_items",
     "sign_href",
     "sign_item",
+    "split_usable",
+    "unusable_reason",
 ]

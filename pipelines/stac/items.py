@@ -1,4 +1,7 @@
-"""Which found items the pipeline can use, and why the others are skipped.
+"""What a STAC item dict says about itself, and which found items the pipeline can use.
+
+Reading an item: its projection (EPSG code), the reflectance offset of its processing baseline,
+the href of a band's asset, and its acquisition date.
 
 A search returns whatever the server holds, and real catalogues hold items that cannot be read
 onto a grid: Landsat scenes next to Sentinel-2 in a multi-collection search, items without
@@ -9,15 +12,61 @@ with its reason, logged and counted, instead of failing the whole region later o
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipelines.bands import SCL, SPECTRAL_BANDS, asset_key
-from pipelines.coregistration import CoregistrationError, item_epsg, reflectance_offset
+from pipelines.grid import CoregistrationError
+from pipelines.stac.signing import resolve_href
 
 log = logging.getLogger(__name__)
 
 REQUIRED_BANDS_DEFAULT: tuple[str, ...] = (*(b.name for b in SPECTRAL_BANDS), SCL.name)
+BASELINE_WITH_OFFSET = (4, 0)  # from processing baseline 04.00 on, DN carry a +1000 offset
+BOA_OFFSET = -0.1
+
+
+def item_epsg(item: dict) -> int:
+    """The item's EPSG code from ``proj:epsg`` or ``proj:code`` (pystac 1.15 writes the latter)."""
+    props = item["properties"]
+    if props.get("proj:epsg"):
+        return int(props["proj:epsg"])
+    code = props.get("proj:code", "")
+    if code.upper().startswith("EPSG:"):
+        return int(code.split(":")[1])
+    raise CoregistrationError(f"item {item['id']} carries neither proj:epsg nor an EPSG proj:code")
+
+
+def reflectance_offset(item: dict) -> float:
+    """The BOA offset to add after scaling, from ``s2:processing_baseline`` (not the flag).
+
+    ``earthsearch:boa_offset_applied`` is wrong on some Earth Search items; the baseline is not.
+    """
+    baseline = item["properties"].get("s2:processing_baseline")
+    if baseline is None:
+        raise CoregistrationError(
+            f"item {item['id']} has no s2:processing_baseline, so its reflectance offset is "
+            "unknown; add the property or use a provider that records it"
+        )
+    major, minor = (int(part) for part in str(baseline).split(".")[:2])
+    return BOA_OFFSET if (major, minor) >= BASELINE_WITH_OFFSET else 0.0
+
+
+def asset_path(item: dict, name: str, href_rewrites: Sequence[tuple[str, str]] = ()) -> str:
+    """The href of band ``name``'s asset, through :func:`~pipelines.stac.signing.resolve_href`."""
+    return resolve_href(item["assets"][asset_key(item, name)]["href"], href_rewrites)
+
+
+def scenes_by_date(items: Sequence[dict]) -> dict[str, list[dict]]:
+    """The items per acquisition date (sorted), the clearest scene (lowest cloud cover) first."""
+    by_date: dict[str, list[dict]] = defaultdict(list)
+    for item in items:
+        by_date[item["properties"]["datetime"][:10]].append(item)
+    return {
+        date: sorted(by_date[date], key=lambda it: it["properties"].get("eo:cloud_cover", 100))
+        for date in sorted(by_date)
+    }
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ expires after about 45 minutes: an item signed at search time can be stale by th
 asset reads its COGs. So items are signed when they are found (``sign_item``), and every read
 passes its href through ``refresh_signature`` first, which swaps an old token for a valid one
 (the planetary-computer package caches tokens and fetches a new one a minute before expiry).
+``resolve_href`` is that read-side step, after mapping cloud hrefs to a local mirror if asked.
 
 ``PC_SDK_SUBSCRIPTION_KEY`` in the environment, when set, is sent with token requests: it raises
 Planetary Computer's rate limits, and nothing else needs it.
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable
-from urllib.parse import parse_qs, urlparse
+from collections.abc import Callable, Sequence
+from urllib.parse import parse_qs, unquote, urlparse
 
 import planetary_computer
 import requests
@@ -75,6 +76,26 @@ def sign_href(href: str) -> str:
 def refresh_signature(href: str) -> str:
     """The read-side hook: re-sign an href that carries a SAS token, leave any other alone."""
     return sign_href(href) if is_sas_signed(href) else href
+
+
+def resolve_href(
+    href: str,
+    href_rewrites: Sequence[tuple[str, str]] = (),
+    sign: HrefSigner = refresh_signature,
+) -> str:
+    """Apply the first matching (prefix, replacement) rewrite, then turn ``file://`` into a path.
+
+    Rewrites map cloud hrefs to a local mirror or cache (``https://bucket/...`` -> ``/mirror/...``),
+    dropping a SAS token on the way. An href still in the cloud goes through ``sign`` just before
+    the read: by default an expiring Planetary Computer signature is renewed.
+    """
+    for prefix, replacement in href_rewrites:
+        if href.startswith(prefix):
+            href = replacement + unsigned(href)[len(prefix) :]
+            break
+    if href.startswith("file://"):
+        return unquote(urlparse(href).path)
+    return sign(href)
 
 
 def sign_item(item: dict, signer: HrefSigner = sign_href) -> dict:

@@ -14,8 +14,8 @@ import pytest
 from distributed import LocalCluster
 
 from assets.dask_resource import DaskCluster
-from pipelines.coregistration import open_stack
 from pipelines.stac.server import free_port
+from pipelines.stack_store import open_stack
 from tests.assets.demo_chain import run_in, tiny_config
 
 # A whole chain, a server or a cluster: `make test` runs it, `make test-fast` does not.

@@ -11,21 +11,13 @@ from affine import Affine
 from rasterio.warp import transform_bounds
 from scipy import ndimage
 
-from pipelines.coregistration import (
-    CoregistrationError,
-    Grid,
-    block_windows,
-    coregister,
-    estimate_shift,
-    item_epsg,
-    open_stack,
-    reflectance_offset,
-    region_grid,
-    resolve_href,
-    utm_epsg,
-    write_stack,
-)
+from pipelines.coregistration import coregister
 from pipelines.demo_world import DEFAULT_SPEC, generate_demo_world
+from pipelines.grid import CoregistrationError, Grid, block_windows, region_grid, utm_epsg
+from pipelines.shift import estimate_shift
+from pipelines.stac.items import item_epsg, reflectance_offset
+from pipelines.stac.signing import resolve_href
+from pipelines.stack_store import open_stack, write_stack
 
 
 def test_utm_zone_of_a_point() -> None:

@@ -20,9 +20,8 @@ import vcr
 import yaml
 
 from pipelines.bands import asset_key
-from pipelines.coregistration import BOA_OFFSET, reflectance_offset
 from pipelines.stac import SearchRequest, item_mgrs_tile, search_items
-from pipelines.stac.items import split_usable
+from pipelines.stac.items import BOA_OFFSET, reflectance_offset, split_usable
 from pipelines.stac.search import open_client, server_filters
 from pipelines.stac.signing import is_sas_signed
 

@@ -10,9 +10,14 @@ from pathlib import Path
 import pytest
 
 from pipelines.bands import MATTER_BANDS, asset_key
-from pipelines.coregistration import BOA_OFFSET, item_epsg, reflectance_offset
 from pipelines.stac import item_mgrs_tile
-from pipelines.stac.items import split_usable, unusable_reason
+from pipelines.stac.items import (
+    BOA_OFFSET,
+    item_epsg,
+    reflectance_offset,
+    split_usable,
+    unusable_reason,
+)
 
 # (file under ../shared/data/stac, provider, item count)
 COLLECTIONS = [

@@ -15,11 +15,11 @@ import pytest
 from planetary_computer.sas import SASToken
 from planetary_computer.settings import Settings
 
-from pipelines.coregistration import resolve_href
 from pipelines.stac.signing import (
     SigningError,
     is_sas_signed,
     refresh_signature,
+    resolve_href,
     sign_href,
     sign_item,
     unsigned,

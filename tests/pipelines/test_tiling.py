@@ -19,7 +19,8 @@ from matter_model.patch_store import TripletDataset, read_shard, shard_ids
 from pipelines.bands import SCL_INVALID_DEFAULT
 from pipelines.change_screen import screen_windows
 from pipelines.cog_stack import CogScene, CogStack, CogStackError
-from pipelines.coregistration import Grid, read_asset
+from pipelines.grid import Grid
+from pipelines.scene_reader import read_asset
 from pipelines.tiling import (
     PATCH_COLUMNS,
     NegativePool,

@@ -1,0 +1,148 @@
+"""Reading STAC items onto a grid: assets warped to the grid, scenes of a date mosaicked.
+
+Every read takes a window of the grid, so the blocks of a tile can be read independently and in
+parallel; :func:`date_mosaic` wraps them as one lazy dask array per date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dask
+import dask.array as da
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from pipelines.bands import SCL, asset_key
+from pipelines.grid import CoregistrationError, Grid, block_windows
+from pipelines.stac.items import asset_path, reflectance_offset
+
+
+def read_asset(
+    path: str, grid: Grid, resampling: Resampling, window: Window | None = None
+) -> tuple[np.ndarray, float | None]:
+    """One asset resampled onto ``grid`` by its own georeference (so downsampled mirrors work).
+
+    ``window`` (in grid pixels) reads only that part of the grid: the warp is computed for the
+    window alone, so blocks of a tile can be read independently and in parallel.
+    """
+    try:
+        with (
+            rasterio.open(path) as src,
+            WarpedVRT(
+                src,
+                crs=f"EPSG:{grid.epsg}",
+                transform=grid.transform,
+                width=grid.width,
+                height=grid.height,
+                resampling=resampling,
+                src_nodata=src.nodata if src.nodata is not None else 0,
+                nodata=0,
+            ) as vrt,
+        ):
+            return vrt.read(1, window=window), src.nodata
+    except rasterio.RasterioIOError as err:
+        raise CoregistrationError(
+            f"cannot read {path}: {err}. Check the asset href, or map it to a local mirror with "
+            "`href_rewrites` in the config."
+        ) from None
+
+
+def read_item(
+    item: dict,
+    grid: Grid,
+    bands: Sequence[str],
+    href_rewrites: Sequence[tuple[str, str]] = (),
+    window: Window | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reflectance (band, y, x) float32 with NaN for no data, and the SCL (y, x) uint8, on grid.
+
+    Reflectance bands are resampled bilinearly, the SCL by nearest neighbour; ``window`` limits
+    the read to that part of the grid.
+    """
+    offset = reflectance_offset(item)
+    height, width = (window.height, window.width) if window else (grid.height, grid.width)
+    out = np.full((len(bands), height, width), np.nan, dtype=np.float32)
+    for i, name in enumerate(bands):
+        raster = (item["assets"][asset_key(item, name)].get("raster:bands") or [{}])[0]
+        scale = float(raster.get("scale", 1e-4))
+        dn, _ = read_asset(asset_path(item, name, href_rewrites), grid, Resampling.bilinear, window)
+        present = dn > 0
+        out[i][present] = dn[present].astype(np.float32) * scale + offset
+    scl, _ = read_asset(asset_path(item, SCL.name, href_rewrites), grid, Resampling.nearest, window)
+    return out, scl.astype(np.uint8)
+
+
+def mosaic_block(
+    scenes: Sequence[dict],
+    grid: Grid,
+    bands: Sequence[str],
+    invalid_scl: Sequence[int],
+    href_rewrites: Sequence[tuple[str, str]],
+    window: Window | None = None,
+) -> np.ndarray:
+    """One date's scenes mosaicked over ``window``: (band + 1, y, x) float32.
+
+    The planes are the reflectance bands, then the valid mask (1 where data is present in every
+    band and the SCL class is not in ``invalid_scl``, else 0), so that one block carries
+    everything the shift correction resamples. The first scene wins where scenes overlap.
+    """
+    reflectance, scl = read_item(scenes[0], grid, bands, href_rewrites, window)
+    for scene in scenes[1:]:
+        more, more_scl = read_item(scene, grid, bands, href_rewrites, window)
+        empty = np.isnan(reflectance).all(axis=0)
+        reflectance[:, empty] = more[:, empty]
+        scl[empty] = more_scl[empty]
+    valid = ~np.isin(scl, list(invalid_scl)) & np.isfinite(reflectance).all(axis=0)
+    return np.concatenate([reflectance, valid[None].astype(np.float32)])
+
+
+def scl_valid_block(
+    scenes: Sequence[dict],
+    grid: Grid,
+    invalid_scl: Sequence[int],
+    href_rewrites: Sequence[tuple[str, str]],
+    window: Window | None = None,
+) -> np.ndarray:
+    """One date's SCL mosaic over ``window`` as a bool mask of valid classes.
+
+    Read from the SCL alone (one band, nearest neighbour), it is the cheap mask that picks the
+    reference date and the shift sample before any reflectance is read; gaps are SCL 0.
+    """
+    scl, _ = read_asset(
+        asset_path(scenes[0], SCL.name, href_rewrites), grid, Resampling.nearest, window
+    )
+    for scene in scenes[1:]:
+        more, _ = read_asset(
+            asset_path(scene, SCL.name, href_rewrites), grid, Resampling.nearest, window
+        )
+        scl = np.where(scl == 0, more, scl)
+    return ~np.isin(scl, list(invalid_scl))
+
+
+def date_mosaic(
+    scenes: Sequence[dict],
+    grid: Grid,
+    bands: Sequence[str],
+    invalid_scl: Sequence[int],
+    href_rewrites: Sequence[tuple[str, str]],
+    chunk_px: int,
+) -> da.Array:
+    """One date's mosaic as a lazy dask array (band + 1, y, x), one task per block."""
+    read = dask.delayed(mosaic_block)
+    return da.block(
+        [
+            [
+                da.from_delayed(
+                    read(scenes, grid, bands, invalid_scl, href_rewrites, window),
+                    shape=(len(bands) + 1, window.height, window.width),
+                    dtype=np.float32,
+                )
+                for window in row
+            ]
+            for row in block_windows(grid, chunk_px)
+        ]
+    )
