@@ -205,8 +205,8 @@ def patches_finite_and_not_empty(store: DataStore, part: RegionWindow) -> dg.Ass
 @partition_check(patch_triplets)
 def patch_count_matches_windows(store: DataStore, part: RegionWindow) -> dg.AssetCheckResult:
     """The shard holds exactly the triplets its unchanged windows predict: none lost, none extra."""
-    source, screen, settings = tiling_inputs(store, part)
-    expected = count_triplets(source, screen, **settings)
+    inputs = tiling_inputs(store, part)
+    expected = count_triplets(inputs.source, inputs.screen, inputs.settings, inputs.negative_pool)
     table = store.patch_store / "shards" / part.shard_id / "patches.csv"
     actual = len(pd.read_csv(table))
     return dg.AssetCheckResult(

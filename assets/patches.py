@@ -1,5 +1,7 @@
 """Patch assets: the change screen of each partition and its anchor / positive / negative crops."""
 
+from dataclasses import dataclass
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -12,7 +14,7 @@ from matter_model.patch_store import ROLES, read_shard
 from pipelines.change_screen import screen_windows, screening_quality, window_truth
 from pipelines.demo_world.truth import change_truth
 from pipelines.stack_store import open_stack, stack_grid
-from pipelines.tiling import NegativePool, StackSource, tile_to_store
+from pipelines.tiling import NegativePool, StackSource, TilingSettings, tile_to_store
 
 GROUP = "patches"
 
@@ -82,26 +84,45 @@ def negative_pool(
     return NegativePool(StackSource(stack, bands), pd.read_csv(screen_path))
 
 
-def tiling_inputs(store: DataStore, part: RegionWindow) -> tuple[StackSource, pd.DataFrame, dict]:
-    """The partition's stack as a pixel source, its change screen, and the tiling settings of
-    the configuration with the negative pool resolved: what `patch_triplets` tiles from."""
+@dataclass(frozen=True)
+class TilingInputs:
+    """What `patch_triplets` tiles from: the partition's stack as a pixel source, its change
+    screen, and the configuration's bands, settings and negative pool."""
+
+    source: StackSource
+    screen: pd.DataFrame
+    bands: list[str]
+    settings: TilingSettings
+    negative_pool: NegativePool | None
+
+
+def tiling_inputs(store: DataStore, part: RegionWindow) -> TilingInputs:
+    """The :class:`TilingInputs` of a partition, from the configuration's ``tiling`` section."""
     stack = open_stack(store.stack(part.region, part.window))  # StackSource reads only `bands`
     screen = pd.read_csv(store.screen(part.region, part.window))
     settings = CONFIG.tiling.model_dump()
     negatives = settings.pop("negatives")
-    bands = list(settings["bands"])
-    settings["negative_pool"] = negative_pool(store, part, negatives, bands)
-    return StackSource(stack, bands), screen, settings
+    bands = list(settings.pop("bands"))
+    pool = negative_pool(store, part, negatives, bands)
+    return TilingInputs(StackSource(stack, bands), screen, bands, TilingSettings(**settings), pool)
 
 
 @dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, deps=[change_screen], kinds={"zarr"})
 def patch_triplets(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
     """Anchor / positive / negative crops of the unchanged windows, one shard per partition."""
     part = region_window(context)
-    source, screen, settings = tiling_inputs(store, part)
-    bands = list(settings["bands"])
+    inputs = tiling_inputs(store, part)
+    bands = inputs.bands
     shard_id = part.shard_id
-    result = tile_to_store(source, screen, store.patch_store, shard_id, **settings)
+    result = tile_to_store(
+        inputs.source,
+        inputs.screen,
+        store.patch_store,
+        shard_id,
+        bands,
+        inputs.settings,
+        inputs.negative_pool,
+    )
     (shard,) = result.shards
     metadata: dict = {
         "triplets": result.triplets,

@@ -127,7 +127,7 @@ def cpu_seconds() -> float:
 def run_ours(folder: Path, dates: int, store: Path) -> dict:
     """Tile ``dates`` dates of the test set into a patch store, end to end from the COGs."""
     from pipelines.cog_stack import CogScene, CogStack
-    from pipelines.tiling import all_windows, tile_to_store
+    from pipelines.tiling import TilingSettings, all_windows, tile_to_store
 
     def path(day: str, band: str) -> str:
         return str(folder / FILENAME.format(tile=TILE, date=day, band=band))
@@ -144,10 +144,12 @@ def run_ours(folder: Path, dates: int, store: Path) -> dict:
             store,
             "benchmark",
             BANDS,
-            min_valid_fraction=0.5,
-            min_negative_distance_px=2 * PATCH,
-            max_pairs_per_window=1,
-            strip_rows=1,
+            TilingSettings(
+                min_valid_fraction=0.5,
+                min_negative_distance_px=2 * PATCH,
+                max_pairs_per_window=1,
+                strip_rows=1,
+            ),
         )
     return usage(start, cpu_start, 3 * result.triplets)
 

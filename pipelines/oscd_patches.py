@@ -42,7 +42,7 @@ import xarray as xr
 from matter_model.datasets.oscd import MATTER_BANDS, OSCD, OSCDCity, OSCDError
 from matter_model.inputs import SCENE_STANDARDISED, standardize
 from pipelines.change_screen import screen_windows
-from pipelines.tiling import NegativePool, StackSource, tile_to_store
+from pipelines.tiling import NegativePool, StackSource, TilingSettings, tile_to_store
 
 # Dates missing from a city's dates.txt get these placeholders (the tiling needs two labels).
 _PLACEHOLDER_DATES = ("2000-01-01", "2000-01-02")
@@ -103,6 +103,11 @@ def build_oscd_patch_store(
             StackSource(stack, bands),
             screen_windows(stack, window, threshold, min_valid_fraction),
         )
+    settings = TilingSettings(
+        seed=seed,
+        min_valid_fraction=min_valid_fraction,
+        min_negative_distance_px=min_negative_distance_px,
+    )
     written: dict[str, int] = {}
     for k, name in enumerate(cities):
         source, screen = scenes[name]
@@ -114,9 +119,7 @@ def build_oscd_patch_store(
             out,
             f"oscd-{name}",
             bands,
-            seed,
-            min_valid_fraction,
-            min_negative_distance_px,
+            settings,
             negative_pool=pool,
             values=SCENE_STANDARDISED,
         ).triplets

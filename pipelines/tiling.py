@@ -18,12 +18,12 @@ median of valid pixels and the crop's valid fraction is recorded, so the store h
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import permutations
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -58,6 +58,37 @@ PATCH_COLUMNS = [
 # The plan: which window, dates and negative window each triplet takes (indices into the kept
 # windows and the dates of the scene, or of the negative pool for ``negative_date``).
 PLAN_COLUMNS = ["window", "anchor", "positive", "negative", "negative_date"]
+
+
+@dataclass(frozen=True)
+class TilingSettings:
+    """How triplets are drawn from the unchanged windows (see the module doc).
+
+    ``seed`` makes the draws deterministic; ``min_valid_fraction`` is the valid share a window
+    needs at a date to serve as anchor, positive or negative there; ``min_negative_distance_px``
+    keeps same-scene negatives away from their anchor (centre to centre);
+    ``max_pairs_per_window`` draws that many ordered date pairs per window (None: all of them);
+    ``strip_rows`` cuts and writes the scene a strip of that many window rows at a time (None:
+    the whole scene at once).
+    """
+
+    seed: int = 0
+    min_valid_fraction: float = 0.9
+    min_negative_distance_px: int = 64
+    max_pairs_per_window: int | None = None
+    strip_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_valid_fraction <= 1.0:
+            raise ValueError(
+                f"min_valid_fraction must lie in [0, 1], got {self.min_valid_fraction}"
+            )
+        if self.max_pairs_per_window is not None and self.max_pairs_per_window < 1:
+            raise ValueError(
+                f"max_pairs_per_window must be at least 1, got {self.max_pairs_per_window}"
+            )
+        if self.strip_rows is not None and self.strip_rows < 1:
+            raise ValueError(f"strip_rows must be at least 1 window row, got {self.strip_rows}")
 
 
 class Strip(Protocol):
@@ -186,24 +217,19 @@ def all_windows(grid: Grid, size: int) -> pd.DataFrame:
 def plan_triplets(
     windows: pd.DataFrame,
     valid_fraction: np.ndarray,
-    seed: int = 0,
-    min_valid_fraction: float = 0.9,
-    min_negative_distance_px: int = 64,
-    max_pairs_per_window: int | None = None,
-    strip_rows: int | None = None,
+    settings: TilingSettings = TilingSettings(),
     pool: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Which triplets the ``windows`` (kept, unchanged) allow: :data:`PLAN_COLUMNS` per triplet.
 
-    ``valid_fraction`` is (date, row, col). With ``strip_rows``, a negative lies in the same strip
-    of ``strip_rows`` window rows as its anchor. ``pool`` = (valid enough (pool date, pool
+    ``valid_fraction`` is (date, row, col). With ``settings.strip_rows``, a negative lies in the
+    same strip of window rows as its anchor. ``pool`` = (valid enough (pool date, pool
     window) bool, pool date of each date): negatives from another scene instead.
     """
-    if not 0.0 <= min_valid_fraction <= 1.0:
-        raise ValueError(f"min_valid_fraction must lie in [0, 1], got {min_valid_fraction}")
-    if max_pairs_per_window is not None and max_pairs_per_window < 1:
-        raise ValueError(f"max_pairs_per_window must be at least 1, got {max_pairs_per_window}")
-    rng = np.random.default_rng(seed)
+    min_valid_fraction, strip_rows = settings.min_valid_fraction, settings.strip_rows
+    min_negative_distance_px = settings.min_negative_distance_px
+    max_pairs_per_window = settings.max_pairs_per_window
+    rng = np.random.default_rng(settings.seed)
     size = int(windows["size"].iloc[0]) if len(windows) else 0
     rows, cols = windows["row"].to_numpy(), windows["col"].to_numpy()
     centres = windows[["y0", "x0"]].to_numpy(dtype=np.float64) + size / 2
@@ -320,11 +346,7 @@ def _kept(screen: pd.DataFrame) -> pd.DataFrame:
 def _plan(
     source: PixelSource,
     screen: pd.DataFrame,
-    seed: int = 0,
-    min_valid_fraction: float = 0.9,
-    min_negative_distance_px: int = 64,
-    max_pairs_per_window: int | None = None,
-    strip_rows: int | None = None,
+    settings: TilingSettings,
     negative_pool: NegativePool | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, tuple[PixelSource, pd.DataFrame] | None]:
     """The kept windows of ``screen``, the plan of their triplets, and the negative pool's
@@ -340,7 +362,7 @@ def _plan(
             )
         if len(pool_kept):
             fractions = negative_pool.source.valid_fraction(int(pool_kept["size"].iloc[0]))
-            enough = fractions[:, pool_kept["row"], pool_kept["col"]] >= min_valid_fraction
+            enough = fractions[:, pool_kept["row"], pool_kept["col"]] >= settings.min_valid_fraction
         else:
             enough = np.zeros((len(negative_pool.source.dates), 0), dtype=bool)
         pool = (negative_pool.source, pool_kept)
@@ -348,52 +370,34 @@ def _plan(
     if kept.empty:
         return kept, pd.DataFrame(columns=PLAN_COLUMNS, dtype=np.int64), pool
     fractions = source.valid_fraction(int(kept["size"].iloc[0]))
-    plan = plan_triplets(
-        kept,
-        fractions,
-        seed,
-        min_valid_fraction,
-        min_negative_distance_px,
-        max_pairs_per_window,
-        strip_rows,
-        pool_masks,
-    )
-    return kept, plan, pool
+    return kept, plan_triplets(kept, fractions, settings, pool_masks), pool
 
 
 def cut_triplets(
     stack: xr.Dataset,
     screen: pd.DataFrame,
     bands: list[str],
-    seed: int = 0,
-    min_valid_fraction: float = 0.9,
-    min_negative_distance_px: int = 64,
-    max_pairs_per_window: int | None = None,
+    settings: TilingSettings = TilingSettings(),
     negative_pool: NegativePool | None = None,
 ) -> Triplets:
-    """Every triplet the unchanged windows of ``screen`` allow, in memory (see the module doc)."""
+    """Every triplet the unchanged windows of ``screen`` allow, in memory (see the module doc);
+    the scene is one strip whatever ``settings.strip_rows`` says."""
     source = StackSource(stack, bands)
-    kept, plan, pool = _plan(
-        source,
-        screen,
-        seed,
-        min_valid_fraction,
-        min_negative_distance_px,
-        max_pairs_per_window,
-        None,
-        negative_pool,
-    )
+    kept, plan, pool = _plan(source, screen, replace(settings, strip_rows=None), negative_pool)
     if plan.empty:
         return _no_triplets(len(bands), int(screen["size"].iloc[0]) if len(screen) else 0)
     return _cut(source, kept, plan, len(bands), pool)
 
 
-def count_triplets(source: PixelSource, screen: pd.DataFrame, **settings: Any) -> int:
-    """How many triplets :func:`tile_to_store` writes with the same ``settings`` (its keyword
-    arguments; ``bands`` does not change the count): the plan alone, from the valid masks, with
-    no pixel cut."""
-    settings.pop("bands", None)
-    return len(_plan(source, screen, **settings)[1])
+def count_triplets(
+    source: PixelSource,
+    screen: pd.DataFrame,
+    settings: TilingSettings = TilingSettings(),
+    negative_pool: NegativePool | None = None,
+) -> int:
+    """How many triplets :func:`tile_to_store` writes with the same ``settings`` and
+    ``negative_pool``: the plan alone, from the valid masks, with no pixel cut."""
+    return len(_plan(source, screen, settings, negative_pool)[1])
 
 
 def tile_to_store(
@@ -402,52 +406,56 @@ def tile_to_store(
     store: str | Path,
     shard_id: str,
     bands: Sequence[str],
-    seed: int = 0,
-    min_valid_fraction: float = 0.9,
-    min_negative_distance_px: int = 64,
-    max_pairs_per_window: int | None = None,
-    strip_rows: int | None = None,
+    settings: TilingSettings = TilingSettings(),
     negative_pool: NegativePool | None = None,
     values: str = REFLECTANCE,
 ) -> TilingResult:
     """Cut the triplets of ``screen``'s unchanged windows from ``source`` into the patch store.
 
-    Without ``strip_rows`` the whole scene is one strip and one shard named ``shard_id``; with it,
-    strip k of ``strip_rows`` window rows becomes shard ``{shard_id}-{k:04d}``, written in a
-    background thread while strip k+1 decodes, so memory follows the strip, not the scene.
-    Reruns with the same inputs and settings rewrite the same shards with the same content; a
-    rerun with another ``strip_rows`` leaves the old shards in place, so give it a new ``shard_id``.
-    An empty plan still writes an empty shard (a valid, empty store for an all-cloudy region).
-    With ``negative_pool``, negatives come from another region's unchanged windows.
-    ``values`` names what the source's pixels are (a ``matter_model.inputs.VALUES``).
+    Without ``settings.strip_rows`` the whole scene is one strip and one shard named
+    ``shard_id``; with it, strip k of ``strip_rows`` window rows becomes shard
+    ``{shard_id}-{k:04d}``, written in a background thread while strip k+1 decodes, so memory
+    follows the strip, not the scene. Reruns with the same inputs and settings rewrite the same
+    shards with the same content; a rerun with another ``strip_rows`` leaves the old shards in
+    place, so give it a new ``shard_id``. An empty plan still writes an empty shard (a valid,
+    empty store for an all-cloudy region). With ``negative_pool``, negatives come from another
+    region's unchanged windows. ``values`` names what the source's pixels are (a
+    ``matter_model.inputs.VALUES``).
     """
-    if strip_rows is not None and strip_rows < 1:
-        raise ValueError(f"strip_rows must be at least 1 window row, got {strip_rows}")
     size = int(screen["size"].iloc[0]) if len(screen) else 0
     info = StoreInfo.encoded(tuple(bands), size, values)
-    kept, plan, pool = _plan(
-        source,
-        screen,
-        seed,
-        min_valid_fraction,
-        min_negative_distance_px,
-        max_pairs_per_window,
-        strip_rows,
-        negative_pool,
+    kept, plan, pool = _plan(source, screen, settings, negative_pool)
+    strip_rows, n_bands = settings.strip_rows, len(bands)
+    named = (
+        (
+            f"{shard_id}-{k:04d}" if strip_rows else shard_id,
+            _cut(source, kept, part, n_bands, pool) if len(part) else _no_triplets(n_bands, size),
+        )
+        for k, part in _strips(kept, plan, strip_rows)
     )
+    return TilingResult(_write_shards(store, info, named), len(plan))
+
+
+def _strips(
+    kept: pd.DataFrame, plan: pd.DataFrame, strip_rows: int | None
+) -> Iterator[tuple[int, pd.DataFrame]]:
+    """The plan in strips of ``strip_rows`` window rows (one strip without): (strip number, its
+    triplets); an empty plan is one empty strip 0."""
     window_rows = kept["row"].to_numpy()[plan["window"].to_numpy()] if len(plan) else np.array([])
     strips = (window_rows // strip_rows).astype(int) if strip_rows else np.zeros(len(plan), int)
+    for k in np.unique(strips) if len(plan) else [0]:
+        yield int(k), plan[strips == k]
+
+
+def _write_shards(
+    store: str | Path, info: StoreInfo, named: Iterable[tuple[str, Triplets]]
+) -> list[Path]:
+    """Write each (shard name, triplets) as a shard of ``store``, in one background thread, so
+    that the next triplets are cut while the last ones are written; return the shards."""
     shards: list[Path] = []
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending: Future[Path] | None = None
-        for k in np.unique(strips) if len(plan) else [0]:
-            part = plan[strips == k]
-            triplets = (
-                _cut(source, kept, part, len(bands), pool)
-                if len(part)
-                else _no_triplets(len(bands), size)
-            )
-            name = f"{shard_id}-{int(k):04d}" if strip_rows else shard_id
+        for name, triplets in named:
             if pending is not None:
                 shards.append(pending.result())
             pending = writer.submit(
@@ -462,4 +470,4 @@ def tile_to_store(
             )
         if pending is not None:
             shards.append(pending.result())
-    return TilingResult(shards, len(plan))
+    return shards

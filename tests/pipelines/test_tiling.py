@@ -26,6 +26,7 @@ from pipelines.tiling import (
     NegativePool,
     StackSource,
     TilingResult,
+    TilingSettings,
     all_windows,
     count_triplets,
     cut_triplets,
@@ -41,7 +42,9 @@ def _cut(seed: int = 0, **kwargs):
     return (
         stack,
         screen,
-        cut_triplets(stack, screen, bands=BANDS, seed=seed, min_valid_fraction=0.5, **kwargs),
+        cut_triplets(
+            stack, screen, BANDS, TilingSettings(seed=seed, min_valid_fraction=0.5, **kwargs)
+        ),
     )
 
 
@@ -93,7 +96,7 @@ def test_deterministic_for_a_seed() -> None:
 def test_no_unchanged_window_gives_an_empty_but_typed_table() -> None:
     stack = synthetic_stack(size=64, dates=2, changed=None)
     screen = screen_windows(stack, window=32, threshold=-1.0)  # nothing passes
-    triplets = cut_triplets(stack, screen, bands=BANDS, seed=0)
+    triplets = cut_triplets(stack, screen, BANDS, TilingSettings(seed=0))
     assert len(triplets.patches) == 0 and "anchor_date" in triplets.patches.columns
     assert triplets.anchor.shape == (0, len(BANDS), 32, 32)
 
@@ -110,7 +113,7 @@ def test_a_negative_is_valid_enough_at_the_anchor_date() -> None:
     windows = _windows(4, 4)
     fractions = np.ones((3, 4, 4))
     fractions[0, 3, :] = 0.2  # the bottom row is cloudy at date 0 only
-    plan = plan_triplets(windows, fractions, seed=1, min_valid_fraction=0.9)
+    plan = plan_triplets(windows, fractions, TilingSettings(seed=1, min_valid_fraction=0.9))
     negative_rows = windows["row"].to_numpy()[plan["negative"]]
     anchor_rows = windows["row"].to_numpy()[plan["window"]]
     assert not ((plan["anchor"] == 0) & (negative_rows == 3)).any()
@@ -123,14 +126,10 @@ def test_a_negative_is_valid_enough_at_the_anchor_date() -> None:
 def test_max_pairs_per_window_and_strips() -> None:
     windows = _windows(4, 6)
     fractions = np.ones((4, 4, 6))
-    plan = plan_triplets(
-        windows,
-        fractions,
-        seed=0,
-        min_negative_distance_px=64,
-        max_pairs_per_window=2,
-        strip_rows=2,
+    settings = TilingSettings(
+        seed=0, min_negative_distance_px=64, max_pairs_per_window=2, strip_rows=2
     )
+    plan = plan_triplets(windows, fractions, settings)
     assert (plan.groupby("window").size() == 2).all()
     rows = windows["row"].to_numpy()
     assert (rows[plan["window"]] // 2 == rows[plan["negative"]] // 2).all()
@@ -144,11 +143,12 @@ def test_max_pairs_per_window_and_strips() -> None:
     [
         ({"min_valid_fraction": 1.5}, "min_valid_fraction"),
         ({"max_pairs_per_window": 0}, "max_pairs_per_window"),
+        ({"strip_rows": 0}, "strip_rows"),
     ],
 )
 def test_bad_settings_are_named(setting: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        plan_triplets(_windows(2, 2), np.ones((2, 2, 2)), **setting)
+        TilingSettings(**setting)
 
 
 def test_the_patch_table_is_complete() -> None:
@@ -175,7 +175,7 @@ def test_negatives_from_another_region() -> None:
     other_screen = screen_windows(other, window=32, threshold=1.5, min_valid_fraction=0.5)
     pool = NegativePool(StackSource(other, BANDS), other_screen)
     triplets = cut_triplets(
-        stack, screen, BANDS, seed=0, min_valid_fraction=0.5, negative_pool=pool
+        stack, screen, BANDS, TilingSettings(seed=0, min_valid_fraction=0.5), negative_pool=pool
     )
     p = triplets.patches
     assert (
@@ -199,16 +199,16 @@ def test_negatives_from_another_region() -> None:
 def test_tile_to_store_in_strips_is_readable_and_reruns_identically(tmp_path) -> None:
     stack = synthetic_stack(size=128, dates=3, changed=None)
     screen = screen_windows(stack, window=32, threshold=1.5, min_valid_fraction=0.5)
-    settings = {"seed": 2, "min_valid_fraction": 0.5, "min_negative_distance_px": 64}
+    settings = TilingSettings(
+        seed=2, min_valid_fraction=0.5, min_negative_distance_px=64, strip_rows=2
+    )
 
     def tile(root: Path) -> TilingResult:
-        return tile_to_store(
-            StackSource(stack, BANDS), screen, root, "part", BANDS, strip_rows=2, **settings
-        )
+        return tile_to_store(StackSource(stack, BANDS), screen, root, "part", BANDS, settings)
 
     first = tile(tmp_path / "a")
     assert [s.name for s in first.shards] == ["part-0000", "part-0001"]
-    counted = count_triplets(StackSource(stack, BANDS), screen, strip_rows=2, **settings)
+    counted = count_triplets(StackSource(stack, BANDS), screen, settings)
     assert counted == first.triplets  # the plan alone predicts what is written
     assert shard_ids(tmp_path / "a") == ["part-0000", "part-0001"]
     dataset = TripletDataset(tmp_path / "a", BANDS)
@@ -230,7 +230,12 @@ def test_tile_to_store_in_strips_is_readable_and_reruns_identically(tmp_path) ->
 def test_whole_scene_shard_matches_cut_triplets(tmp_path) -> None:
     stack, screen, triplets = _cut(seed=5)
     result = tile_to_store(
-        StackSource(stack, BANDS), screen, tmp_path, "whole", BANDS, seed=5, min_valid_fraction=0.5
+        StackSource(stack, BANDS),
+        screen,
+        tmp_path,
+        "whole",
+        BANDS,
+        TilingSettings(seed=5, min_valid_fraction=0.5),
     )
     written = read_shard(tmp_path, "whole")
     # the store keeps reflectance as whole DN: within half a DN of the cut
@@ -292,9 +297,7 @@ def test_real_tile_cogs_into_the_patch_store(tmp_path, real_data) -> None:
             tmp_path,
             "rkh",
             BANDS,
-            min_valid_fraction=0.5,
-            max_pairs_per_window=1,
-            strip_rows=3,
+            TilingSettings(min_valid_fraction=0.5, max_pairs_per_window=1, strip_rows=3),
         )
     assert len(result.shards) == 3 and result.triplets > 0
     dataset = TripletDataset(tmp_path, BANDS)
