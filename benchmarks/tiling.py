@@ -60,6 +60,8 @@ def build_test_set(tile_dir: Path, out: Path, dates: int) -> None:
     from rasterio.enums import Resampling
     from rasterio.windows import from_bounds
 
+    from matter_model.atomic_io import atomic_file
+
     out.mkdir(parents=True, exist_ok=True)
     first = FIRST_DATE.strftime("%Y%m%d")
     for band in (*BANDS, "SCL"):
@@ -91,10 +93,8 @@ def build_test_set(tile_dir: Path, out: Path, dates: int) -> None:
                 "blocksize": 512,
                 "overviews": "NONE",
             }
-        tmp = target.with_name(f".{target.name}.tmp")
-        with rasterio.open(tmp, "w", **profile) as dst:
+        with atomic_file(target) as tmp, rasterio.open(tmp, "w", **profile) as dst:
             dst.write(pixels, 1)
-        os.replace(tmp, target)
     for t in range(1, dates):
         day = (FIRST_DATE + timedelta(days=5 * t)).strftime("%Y%m%d")
         for band in (*BANDS, "SCL"):

@@ -44,20 +44,29 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a hidden temporary file beside ``path``, fsync it, and rename it over."""
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary path beside ``path`` for a writer that wants a file name (a
+    library's own save); on success it is fsynced and renamed over ``path``, on error it goes.
+
+    The temporary name ends with ``path``'s name, so writers that go by the suffix still work.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(_hidden_name(_TMP, path.name))
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        _fsync_path(tmp)
         os.replace(tmp, path)
         _fsync_path(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a hidden temporary file beside ``path``, fsync it, and rename it over."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

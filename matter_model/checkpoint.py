@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from matter_model.atomic_io import atomic_file
 from matter_model.inputs import REFLECTANCE
 from matter_model.matter import Matter, create_model
 
@@ -18,15 +17,10 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (a temporary file, then ``os.replace``)."""
+    """Write ``state`` to ``path`` atomically (a hidden temporary file, fsynced, renamed over)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_file(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
