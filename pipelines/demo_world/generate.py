@@ -15,9 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import shutil
-import tempfile
-import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -28,6 +25,7 @@ from rasterio.crs import CRS
 from rasterio.warp import transform, transform_bounds, transform_geom
 from scipy import ndimage
 
+from matter_model.atomic_io import atomic_directory
 from pipelines.bands import SCL, SPECTRAL_BANDS
 from pipelines.demo_world.materials import (
     CLOUD,
@@ -836,24 +834,14 @@ def generate_demo_world(root: Path, spec: DemoWorldSpec = DEFAULT_SPEC) -> dict:
         raise FileExistsError(
             f"{root} is not empty and holds no demo world; refusing to replace it"
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
-    build.chmod(0o755)  # mkdtemp makes it private; the world is meant to be shared read-only
     try:
-        manifest = _build(spec, build, root)
-        if root.exists():
-            stale = root.parent / f".{root.name}.stale-{uuid.uuid4().hex}"
-            root.rename(stale)
-            shutil.rmtree(stale)
-        build.rename(root)
+        with atomic_directory(root) as build:
+            build.chmod(0o755)  # the world is meant to be shared read-only, whatever the umask
+            manifest = _build(spec, build, root)
     except OSError:
         # Another process may have installed the same world meanwhile.
-        shutil.rmtree(build, ignore_errors=True)
         existing = load_manifest(root, spec)
         if existing is None:
             raise
         return existing
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
     return manifest
