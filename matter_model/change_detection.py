@@ -209,7 +209,8 @@ def model_features(
 
 
 def feature_distance(features_1: np.ndarray, features_2: np.ndarray) -> np.ndarray:
-    """Per-pixel L2 distance ``(H, W)`` between two feature maps ``(E, H, W)``."""
+    """Per-pixel L2 distance ``(H, W)`` between two feature maps ``(E, H, W)``: of two images'
+    standardised bands (:func:`cva_features`), the change vector analysis (CVA) distance."""
     if features_1.shape != features_2.shape:
         raise ValueError(f"feature maps differ in shape: {features_1.shape} vs {features_2.shape}")
     diff = features_1.astype(np.float32) - features_2.astype(np.float32)

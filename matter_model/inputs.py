@@ -23,26 +23,33 @@ SCENE_STANDARDISED = "scene-standardised"
 VALUES = (REFLECTANCE, SCENE_STANDARDISED)  # what a patch store's numbers can be
 
 # IQR of a standard normal: dividing by IQR / 1.349 gives a robust, std-like scale.
-_IQR_TO_STD = 1.3489795
+IQR_TO_STD = 1.3489795
 
 
-def standardize(image: np.ndarray, robust: bool = True) -> np.ndarray:
-    """Standardise each band of ``(C, H, W)`` over the image's finite pixels, as float32.
+def standardize(
+    image: np.ndarray,
+    robust: bool = True,
+    valid: np.ndarray | None = None,
+    min_scale: float = 0.0,
+) -> np.ndarray:
+    """Standardise each band of ``(C, H, W)`` as float32, over the pixels of ``valid`` (``(H, W)``
+    bool) or, without it, over each band's finite pixels.
 
     Robust (default): subtract the median and divide by IQR / 1.349 (a std-like scale that
-    ignores outliers such as clouds); otherwise mean and std. A flat band is only centred.
+    ignores outliers such as clouds); otherwise mean and std. A scale under ``min_scale`` is
+    raised to it; a flat band (scale 0) is only centred.
     """
     x = np.asarray(image, dtype=np.float32)
     out = np.empty_like(x)
     for c, band in enumerate(x):
-        finite = band[np.isfinite(band)]
-        if finite.size == 0:
-            raise ValueError(f"band {c} has no finite pixel")
+        pixels = band[np.isfinite(band) if valid is None else valid]
+        if pixels.size == 0:
+            raise ValueError(f"band {c} has no {'finite' if valid is None else 'valid'} pixel")
         if robust:
-            q1, centre, q3 = np.percentile(finite, [25, 50, 75])
-            scale = (q3 - q1) / _IQR_TO_STD
+            q1, centre, q3 = np.percentile(pixels, [25, 50, 75])
+            scale = max((q3 - q1) / IQR_TO_STD, min_scale)
         else:
-            centre, scale = finite.mean(), finite.std()
+            centre, scale = pixels.mean(), max(pixels.std(), min_scale)
         out[c] = (band - centre) / (scale if scale > 0 else 1.0)
     return out
 

@@ -5,7 +5,8 @@ Three pixel scores, each computed on the pixels valid at both dates only:
 - ``cva`` (default), a normalised change vector: each date's bands are standardised with robust
   statistics (median and inter-quartile range over the pixels valid at both dates), which cancels
   per-band gain and offset (illumination, haze, much of a season's drift); the score is the RMS
-  difference of the standardised vectors.
+  difference of the vectors standardised by IQR: the CVA distance of
+  :mod:`matter_model.change_detection`, in units of one IQR per band.
 - ``sam``, the spectral angle between the two dates' band vectors (radians): blind to any common
   gain of all bands (illumination), but not to a per-band offset.
 - ``rrn``, relative radiometric normalisation: date b fitted to date a band by band on
@@ -32,21 +33,24 @@ import pandas as pd
 import xarray as xr
 from scipy import ndimage
 
+from matter_model.change_detection import feature_distance
+from matter_model.inputs import IQR_TO_STD, standardize
 from pipelines.stack_store import stack_grid
 
-
-def _standardised(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Per band (x - median) / IQR over ``valid`` pixels; (band, y, x) float32."""
-    pixels = image[:, valid]
-    q25, median, q75 = np.percentile(pixels, [25, 50, 75], axis=1)
-    scale = np.maximum(q75 - q25, 1e-4)
-    return ((image - median[:, None, None]) / scale[:, None, None]).astype(np.float32)
+# The smallest IQR a band is divided by, so that a flat band's differences stay finite.
+_MIN_IQR = 1e-4
 
 
 def robust_cva(image_a: np.ndarray, image_b: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """RMS difference of the two dates' robustly standardised bands per pixel (y, x)."""
-    diff = _standardised(image_a, valid) - _standardised(image_b, valid)
-    return np.sqrt(np.mean(np.square(np.nan_to_num(diff)), axis=0))
+    """RMS difference per pixel (y, x) of the two dates' bands, each standardised by its median
+    and IQR over ``valid`` pixels: the CVA distance, in IQR units per band."""
+    standardised = (
+        standardize(image, valid=valid, min_scale=_MIN_IQR / IQR_TO_STD)
+        for image in (image_a, image_b)
+    )
+    # The CVA distance divides by IQR / 1.349 and sums over bands: the RMS of differences in IQR
+    # units is that distance / (1.349 * sqrt(bands)), which keeps the screen's thresholds.
+    return feature_distance(*standardised) / (IQR_TO_STD * np.sqrt(image_a.shape[0]))
 
 
 def spectral_angle(image_a: np.ndarray, image_b: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -29,3 +29,15 @@ def test_standardize_is_robust_and_per_band() -> None:
     z = standardize(image)
     assert np.abs(np.median(z, axis=(1, 2))).max() < 0.05
     assert np.all(np.abs(np.subtract(*np.percentile(z, [75, 25], axis=(1, 2))) - 1.349) < 0.1)
+
+
+def test_standardize_over_a_mask_ignores_the_pixels_outside_it() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.normal(5, 2, (2, 30, 30)).astype(np.float32)
+    valid = np.zeros((30, 30), dtype=bool)
+    valid[:, :20] = True
+    cloudy = image.copy()
+    cloudy[:, ~valid] = 1e6
+    np.testing.assert_array_equal(
+        standardize(cloudy, valid=valid)[:, valid], standardize(image[:, :, :20]).reshape(2, -1)
+    )
