@@ -34,11 +34,10 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from scipy.stats import rankdata
 
 from matter_model.atomic_io import atomic_write_bytes
 from matter_model.inputs import Normalizer, as_reflectance, input_normalizer, standardize
-from matter_model.metrics import ConfusionCounts, confusion_counts
+from matter_model.metrics import ConfusionCounts, confusion_counts, ranking_quality
 
 FeatureExtractor = Callable[[np.ndarray], np.ndarray]
 
@@ -82,40 +81,13 @@ class ChangePair:
 @dataclass(frozen=True)
 class ChangeResult:
     """One method's output on one pair: smoothed score map, threshold, prediction, counts, and
-    the score's :func:`ranking_quality` over the valid pixels."""
+    the score's :func:`matter_model.metrics.ranking_quality` over the valid pixels."""
 
     distance: np.ndarray
     threshold: float
     prediction: np.ndarray
     counts: ConfusionCounts
     ranking: dict[str, float | None]
-
-
-def ranking_quality(score: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
-    """Threshold-free quality of a change score: ROC AUC and average precision of the change
-    class (None when the truth holds one class only: JSON null, not NaN).
-
-    They separate how well the features rank change from how well Otsu then cuts: a score can
-    rank better and still lose F1 when its distribution gives Otsu no long tail to split off.
-    Ties share their average rank (AUC) and one precision step (average precision), as in
-    scikit-learn's ``roc_auc_score`` and ``average_precision_score``.
-    """
-    s = np.asarray(score, dtype=np.float64).ravel()
-    t = np.asarray(truth, dtype=bool).ravel()
-    positives = int(t.sum())
-    negatives = t.size - positives
-    if positives == 0 or negatives == 0:
-        return {"auc": None, "average_precision": None}
-    ranks = rankdata(s)
-    auc = (ranks[t].sum() - positives * (positives + 1) / 2) / (positives * negatives)
-    order = np.argsort(-s, kind="stable")
-    hits = np.cumsum(t[order])
-    # the last index of each run of equal scores: one threshold per distinct score
-    cut = np.flatnonzero(np.diff(s[order], append=-np.inf))
-    tp = hits[cut]
-    precision = tp / (cut + 1)
-    recall_step = np.diff(tp, prepend=0) / positives
-    return {"auc": float(auc), "average_precision": float(np.sum(recall_step * precision))}
 
 
 def otsu_threshold(values: np.ndarray, bins: int = DEFAULT_BINS) -> float:

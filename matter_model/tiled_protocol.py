@@ -53,8 +53,8 @@ from typing import Any
 
 import numpy as np
 
-from matter_model.change_detection import DEFAULT_BINS, ChangePair, otsu_threshold, ranking_quality
-from matter_model.metrics import ConfusionCounts, confusion_counts
+from matter_model.change_detection import DEFAULT_BINS, ChangePair, otsu_threshold
+from matter_model.metrics import ConfusionCounts, confusion_counts, ranking_quality
 
 # ``(N, C, T, T)`` tiles -> ``(N, E, T, T)`` features of each tile alone.
 BatchExtractor = Callable[[np.ndarray], np.ndarray]

@@ -42,24 +42,7 @@ from matter_model.downstream.encoder import (
 )
 from matter_model.inputs import input_normalizer
 from matter_model.matter import Matter
-
-
-def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """AP of one ranking: ``sum_k (R_k - R_{k-1}) P_k`` over distinct thresholds; NaN without
-    positives."""
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    targets = np.asarray(targets).ravel() > 0
-    positives = int(targets.sum())
-    if positives == 0:
-        return float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    scores, targets = scores[order], targets[order]
-    # The last index of each run of equal scores: one threshold per distinct score.
-    last = np.r_[np.flatnonzero(np.diff(scores) != 0), scores.size - 1]
-    tp = np.cumsum(targets)[last]
-    precision = tp / (last + 1)
-    recall_step = np.diff(np.r_[0, tp]) / positives
-    return float(np.sum(recall_step * precision))
+from matter_model.metrics import average_precision
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> dict[str, Any]:

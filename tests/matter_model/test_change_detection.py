@@ -17,7 +17,6 @@ from matter_model.change_detection import (
     evaluate_pairs,
     model_features,
     otsu_threshold,
-    ranking_quality,
     render_change_map,
 )
 from matter_model.checkpoint import build_model
@@ -205,29 +204,3 @@ def test_compare_with_baselines_runs_three_methods_and_writes_previews(tmp_path:
         )
         for name in alone:
             assert got["synthetic"][name] == alone[name]
-
-
-def naive_ranking(score: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """AUC by counting pairs, AP over every distinct threshold, both written out by hand."""
-    pos, neg = score[truth], score[~truth]
-    auc = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
-    ap, last_recall = 0.0, 0.0
-    for threshold in sorted(set(score), reverse=True):
-        flagged = score >= threshold
-        recall = (flagged & truth).sum() / truth.sum()
-        ap += (recall - last_recall) * (flagged & truth).sum() / flagged.sum()
-        last_recall = recall
-    return float(auc), float(ap)
-
-
-@pytest.mark.parametrize("levels", [None, 5])  # continuous scores, then many ties
-def test_ranking_quality_matches_a_naive_reference(levels) -> None:
-    rng = np.random.default_rng(3)
-    truth = rng.random(300) < 0.2
-    score = rng.normal(size=300) + truth
-    if levels:
-        score = np.round(score * levels / 4) / levels
-    got = ranking_quality(score, truth)
-    auc, ap = naive_ranking(score, truth)
-    assert got["auc"] == pytest.approx(auc) and got["average_precision"] == pytest.approx(ap)
-    assert ranking_quality(score, np.zeros(300, bool)) == {"auc": None, "average_precision": None}

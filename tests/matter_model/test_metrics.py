@@ -1,9 +1,17 @@
-"""Counts and scores of a detected class, by hand."""
+"""Counts and scores of a detected class by hand; ranking quality against scikit-learn."""
 
 import numpy as np
 import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
 
-from matter_model.metrics import ConfusionCounts, MatchCounts, confusion_counts
+from matter_model.metrics import (
+    ConfusionCounts,
+    MatchCounts,
+    average_precision,
+    confusion_counts,
+    ranking_quality,
+    roc_auc,
+)
 
 
 def test_counts_and_scores_by_hand() -> None:
@@ -39,3 +47,26 @@ def test_matches_report_no_true_negatives() -> None:
         "fn": 1,
     }
     assert ConfusionCounts(2, 1, 1, 7).as_dict()["tn"] == 7
+
+
+@pytest.mark.parametrize("levels", [None, 5])  # continuous scores, then many ties
+def test_ranking_quality_matches_scikit_learn(levels) -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        truth = rng.random(300) < 0.2
+        score = rng.normal(size=300) + truth
+        if levels:
+            score = np.round(score * levels / 4) / levels
+        got = ranking_quality(score, truth)
+        assert got["auc"] == pytest.approx(roc_auc_score(truth, score), abs=1e-12)
+        assert got["average_precision"] == pytest.approx(
+            average_precision_score(truth, score), abs=1e-12
+        )
+
+
+def test_ranking_quality_without_both_classes() -> None:
+    score = np.array([0.9, 0.8, 0.1])
+    assert average_precision(score, np.array([1, 0, 1])) == pytest.approx((1 + 2 / 3) / 2)
+    assert np.isnan(average_precision(score, np.zeros(3))) and np.isnan(roc_auc(score, np.ones(3)))
+    for truth in (np.zeros(3, bool), np.ones(3, bool)):
+        assert ranking_quality(score, truth) == {"auc": None, "average_precision": None}
