@@ -14,14 +14,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from matter_model.atomic_io import atomic_write_bytes  # noqa: E402
+from matter_model.rendering import contrast_stretch  # noqa: E402
 
 
 def true_colour(reflectance: np.ndarray, bands: list[str]) -> np.ndarray:
-    """An RGB (y, x, 3) image in 0..1 from B04/B03/B02, stretched by the 2-98th percentiles."""
+    """An RGB (y, x, 3) image in 0..1 from B04/B03/B02, the three stretched together by their
+    2-98th percentiles."""
     rgb = np.stack([reflectance[bands.index(b)] for b in ("B04", "B03", "B02")], axis=-1)
-    finite = rgb[np.isfinite(rgb)]
-    lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
-    return np.clip((np.nan_to_num(rgb, nan=lo) - lo) / max(hi - lo, 1e-6), 0, 1)
+    return contrast_stretch(rgb)
 
 
 def figure_png(panels: list[tuple[str, np.ndarray]], path: Path, cmap: str = "gray") -> bytes:

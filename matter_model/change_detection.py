@@ -38,6 +38,7 @@ from scipy import ndimage
 from matter_model.atomic_io import atomic_write_bytes
 from matter_model.inputs import Normalizer, as_reflectance, input_normalizer, standardize
 from matter_model.metrics import ConfusionCounts, confusion_counts, ranking_quality
+from matter_model.rendering import contrast_stretch
 
 FeatureExtractor = Callable[[np.ndarray], np.ndarray]
 
@@ -260,13 +261,12 @@ def _macro(per_pair: dict[str, dict[str, Any]]) -> dict[str, float | None]:
 
 
 def rgb_preview(image: np.ndarray, rgb: tuple[int, int, int] = (2, 1, 0)) -> np.ndarray:
-    """An ``(H, W, 3)`` float image in [0, 1]: bands ``rgb`` stretched between their 2-98 %."""
+    """An ``(H, W, 3)`` float image in [0, 1]: bands ``rgb``, each stretched between its own 2-98 %
+    (:func:`matter_model.rendering.contrast_stretch`)."""
     out = np.empty((*image.shape[1:], 3), dtype=np.float32)
     for k, c in enumerate(rgb):
-        band = image[c].astype(np.float32)
-        lo, hi = np.nanpercentile(band, [2, 98])
-        out[..., k] = np.clip((band - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
-    return np.nan_to_num(out)
+        out[..., k] = contrast_stretch(image[c].astype(np.float32))
+    return out
 
 
 def render_change_map(
