@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from matter_model.atomic_io import atomic_write_text  # noqa: E402
-from matter_model.datasets.oscd import MATTER_BANDS, OSCD  # noqa: E402
+from matter_model.bands import MATTER_BANDS  # noqa: E402
+from matter_model.datasets.oscd import OSCD  # noqa: E402
 from pipelines.change_screen import (  # noqa: E402
     screening_quality,
     threshold_for_precision,

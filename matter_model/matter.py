@@ -16,11 +16,10 @@ from torch import nn
 
 from matter_model.aspp import ASPP
 from matter_model.backbone import NORMS, Backbone, InputConcat, Stem
+from matter_model.bands import MATTER_BANDS
 from matter_model.pamr import PAMR
 from matter_model.residual_encoder import ResidualEncoder
 from matter_model.tern import TeRN
-
-DEFAULT_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12")
 
 # Texture refinement networks by name, built from the model's TeRN settings; each module's
 # ``forward(features, image)`` returns refined features of the same shape.
@@ -46,7 +45,7 @@ class Matter(nn.Module):
 
     def __init__(
         self,
-        bands: list[str] | tuple[str, ...] = DEFAULT_BANDS,
+        bands: list[str] | tuple[str, ...] = MATTER_BANDS,
         width: int = 64,
         blocks: list[int] | tuple[int, ...] = (2, 2, 2),
         tern_layers: int = 3,

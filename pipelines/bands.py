@@ -39,9 +39,6 @@ SPECTRAL_BANDS: tuple[Band, ...] = (
 SCL = Band("SCL", "scl", 20)
 BANDS_BY_NAME: dict[str, Band] = {b.name: b for b in (*SPECTRAL_BANDS, SCL)}
 
-# The nine bands of the MATTER authors' released code.
-MATTER_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12")
-
 # Asset key of each band per provider (Planetary Computer keys its assets by the ESA name).
 PROVIDER_ASSET_KEYS: dict[str, dict[str, str]] = {
     "earth-search": {b.name: b.earth_search_key for b in (*SPECTRAL_BANDS, SCL)},

@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from matter_model.datasets.oscd import MATTER_BANDS, OSCD, OSCDCity, OSCDError
+from matter_model.bands import MATTER_BANDS
+from matter_model.datasets.oscd import OSCD, OSCDCity, OSCDError
 from matter_model.inputs import SCENE_STANDARDISED, standardize
 from pipelines.change_screen import screen_windows
 from pipelines.tiling import NegativePool, StackSource, TilingSettings, tile_to_store

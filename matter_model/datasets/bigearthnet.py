@@ -38,7 +38,7 @@ from rasterio.enums import Resampling
 from rasterio.transform import array_bounds
 from torch.utils.data import Dataset
 
-from matter_model.matter import DEFAULT_BANDS
+from matter_model.bands import MATTER_BANDS
 
 # The twelve L2A bands of a BigEarthNet-S2 patch (B10, cirrus, is not in L2A).
 BIGEARTHNET_BANDS: tuple[str, ...] = (
@@ -203,7 +203,7 @@ class BigEarthNet(Dataset):
         self,
         root: str | Path,
         split: str | None = None,
-        bands: Sequence[str] = DEFAULT_BANDS,
+        bands: Sequence[str] = MATTER_BANDS,
         nomenclature: int = 19,
         split_dir: str | Path | None = None,
         transform: Callable[[np.ndarray], np.ndarray] | None = None,

@@ -48,6 +48,7 @@ from rasterio.transform import Affine, array_bounds
 from rasterio.warp import reproject, transform_bounds
 from scipy import ndimage
 
+from matter_model.bands import MATTER_BANDS
 from matter_model.change_detection import ChangePair
 
 IMAGES_DIR = "Onera Satellite Change Detection dataset - Images"
@@ -58,8 +59,6 @@ LABEL_DIRS = (
 ALL_BANDS: tuple[str, ...] = (
     "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
 )  # fmt: skip
-# The nine bands of the MATTER authors' released code.
-MATTER_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12")
 # Largest mismatch in pixels tolerated between the two dates' bounds, or image and label shapes.
 MAX_SHAPE_DIFF_PX = 8
 REFLECTANCE_SCALE = 1e-4

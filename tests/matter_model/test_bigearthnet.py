@@ -14,6 +14,7 @@ import torch
 from rasterio.enums import Resampling
 from sklearn.metrics import average_precision_score
 
+from matter_model.bands import MATTER_BANDS
 from matter_model.checkpoint import CheckpointError
 from matter_model.datasets.bigearthnet import (
     LABELS_19,
@@ -35,7 +36,6 @@ from tests.matter_model.bigearthnet_fixtures import (
 )
 
 REAL_ROOT = REAL_DATA / "bigearthnet" / "BigEarthNet-S2-Example"
-NINE = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12")
 
 
 @pytest.fixture
@@ -94,11 +94,11 @@ def test_real_patches_on_the_10m_grid(real_root: Path) -> None:
     patch = ds.patches[0]
     image = ds.read_image(patch)
     with rasterio.open(real_root / patch / f"{patch}_B04.tif") as src:
-        np.testing.assert_allclose(image[NINE.index("B04")], src.read(1) * 1e-4, rtol=1e-6)
+        np.testing.assert_allclose(image[MATTER_BANDS.index("B04")], src.read(1) * 1e-4, rtol=1e-6)
     with rasterio.open(real_root / patch / f"{patch}_B11.tif") as src:
         assert src.shape == (60, 60)
         bilinear = src.read(1, out_shape=(120, 120), resampling=Resampling.bilinear)
-    np.testing.assert_allclose(image[NINE.index("B11")], bilinear * 1e-4, rtol=1e-6)
+    np.testing.assert_allclose(image[MATTER_BANDS.index("B11")], bilinear * 1e-4, rtol=1e-6)
 
 
 def test_real_labels_map_to_19_classes(real_root: Path) -> None:
@@ -216,7 +216,7 @@ def test_linear_probe_and_finetune_on_fixtures(fixture_root: Path, tmp_path: Pat
 
 
 def test_linear_probe_on_the_real_sample(real_root: Path, tmp_path: Path) -> None:
-    checkpoint = write_tiny_checkpoint(tmp_path / "tiny.pt", bands=NINE)
+    checkpoint = write_tiny_checkpoint(tmp_path / "tiny.pt", bands=MATTER_BANDS)
     metrics = task.run(_args(real_root, checkpoint, "--epochs", "5"))
     assert metrics["train_patches"] == 4 and metrics["test_patches"] == 1
     assert 0 < metrics["micro_map"] <= 1
@@ -227,7 +227,7 @@ def test_linear_probe_on_the_real_sample(real_root: Path, tmp_path: Path) -> Non
 def test_checkpoint_with_other_bands_is_refused(fixture_root: Path, tmp_path: Path) -> None:
     checkpoint = write_tiny_checkpoint(tmp_path / "tiny.pt")
     with pytest.raises(CheckpointError, match=r"tiny\.pt takes 4 bands .* asks for 9"):
-        task.run(_args(fixture_root, checkpoint, "--bands", ",".join(NINE)))
+        task.run(_args(fixture_root, checkpoint, "--bands", ",".join(MATTER_BANDS)))
     other = write_tiny_checkpoint(tmp_path / "b10.pt", bands=("B02", "B10"))
     with pytest.raises(CheckpointError, match=r"b10\.pt takes bands .* has no \['B10'\]"):
         task.run(_args(fixture_root, other))

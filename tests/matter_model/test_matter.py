@@ -7,8 +7,9 @@ import torch
 
 from matter_model.aspp import ASPP
 from matter_model.backbone import Backbone
+from matter_model.bands import MATTER_BANDS
 from matter_model.checkpoint import build_model
-from matter_model.matter import DEFAULT_BANDS, MODELS, Matter, create_model
+from matter_model.matter import MODELS, Matter, create_model
 from matter_model.pamr import PAMR
 from matter_model.train import CONFIG_DIR, load_config
 
@@ -28,7 +29,7 @@ EXISTING_MODELS = {
 def test_registry_builds_the_model_with_the_authors_bands():
     model = create_model("matter", **TINY)
     assert isinstance(model, Matter) and "matter" in MODELS
-    assert model.bands == DEFAULT_BANDS and model.in_channels == 9
+    assert model.bands == MATTER_BANDS and model.in_channels == 9
     with pytest.raises(ValueError, match="unknown model"):
         create_model("nope")
     with pytest.raises(ValueError, match="unknown norm"):

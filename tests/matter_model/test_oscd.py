@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from matter_model.datasets.oscd import IMAGES_DIR, MATTER_BANDS, OSCD, OSCDError
+from matter_model.bands import MATTER_BANDS
+from matter_model.datasets.oscd import IMAGES_DIR, OSCD, OSCDError
 from tests.conftest import REAL_DATA
 from tests.matter_model.oscd_fixtures import BOUNDS, make_city
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
+from matter_model.bands import MATTER_BANDS
 from matter_model.checkpoint import CheckpointError, load_checkpoint
-from matter_model.matter import DEFAULT_BANDS
 from matter_model.patch_store import PatchStoreError, StoreInfo, write_shard
 from matter_model.train import (
     CONFIG_DIR,
@@ -49,7 +49,7 @@ def store(tmp_path_factory):
     positive = anchor * gain + rng.normal(0, 0.01, anchor.shape).astype(np.float32)
     negative = textures(rng, N_TRIPLETS)
     table = pd.DataFrame({"region": ["synthetic"] * N_TRIPLETS})
-    write_shard(root, "s0", StoreInfo(DEFAULT_BANDS, 32), anchor, positive, negative, table)
+    write_shard(root, "s0", StoreInfo(MATTER_BANDS, 32), anchor, positive, negative, table)
     return root
 
 
@@ -74,7 +74,7 @@ def test_demo_config_is_small_and_complete():
     default = load_config()
     assert demo.keys() == default.keys()
     assert default["subpatch"] == 7 and default["subpatches_per_crop"] == 100
-    assert default["crop_size"] == 32 and default["bands"] == list(DEFAULT_BANDS)
+    assert default["crop_size"] == 32 and default["bands"] == list(MATTER_BANDS)
     assert demo["steps"] < default["steps"]
 
 
@@ -89,7 +89,7 @@ def test_train_end_to_end_and_load_model(store, tmp_path):
     assert saved["final_loss"] == metrics["final_loss"]
     assert (tmp_path / "loss_curve.png").stat().st_size > 0
     model, config = load_model(tmp_path / "checkpoint.pt")
-    assert not model.training and config["bands"] == list(DEFAULT_BANDS)
+    assert not model.training and config["bands"] == list(MATTER_BANDS)
     assert config["inputs"] == "reflectance"  # what the store's values were
     with torch.no_grad():
         emb = model.embed(torch.rand(1, 9, 16, 16), window=13)
@@ -219,7 +219,7 @@ def test_store_with_other_bands_fails_before_training(tmp_path):
 def test_empty_store_fails_before_training(tmp_path):
     empty = np.zeros((0, 9, 32, 32), np.float32)
     table = pd.DataFrame({"region": []})
-    write_shard(tmp_path / "store", "s0", StoreInfo(DEFAULT_BANDS, 32), empty, empty, empty, table)
+    write_shard(tmp_path / "store", "s0", StoreInfo(MATTER_BANDS, 32), empty, empty, empty, table)
     with pytest.raises(PatchStoreError, match="has no patches"):
         train(tiny_config(tmp_path / "store", tmp_path / "out"), log=lambda _: None)
     with pytest.raises(PatchStoreError, match="no patch store"):
@@ -249,7 +249,7 @@ def test_resume_from_another_architecture_names_the_mismatch(store, tmp_path):
     wider = tiny_config(store, tmp_path, resume=True, model={"width": 16})
     with pytest.raises(ValueError, match="width: 8 there, 16 here"):
         train(wider, log=lambda _: None)
-    other_bands = tiny_config(store, tmp_path, resume=True, bands=list(DEFAULT_BANDS[:4]))
+    other_bands = tiny_config(store, tmp_path, resume=True, bands=list(MATTER_BANDS[:4]))
     with pytest.raises(ValueError, match="trained on bands"):
         train(other_bands, log=lambda _: None)
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2

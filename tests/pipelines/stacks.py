@@ -6,7 +6,9 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage
 
-BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12"]
+from matter_model.bands import MATTER_BANDS
+
+BANDS = list(MATTER_BANDS)
 
 
 def synthetic_stack(

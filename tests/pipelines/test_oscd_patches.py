@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from matter_model.datasets.oscd import MATTER_BANDS, OSCD, OSCDError
+from matter_model.bands import MATTER_BANDS
+from matter_model.datasets.oscd import OSCD, OSCDError
 from matter_model.inputs import standardize
 from matter_model.patch_store import TripletDataset, read_info, read_patches, shard_ids
 from pipelines.oscd_patches import build_oscd_patch_store, city_stack

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.bands import MATTER_BANDS, asset_key
+from matter_model.bands import MATTER_BANDS
+from pipelines.bands import asset_key
 from pipelines.stac import item_mgrs_tile
 from pipelines.stac.items import (
     BOA_OFFSET,
