@@ -35,6 +35,7 @@ from scipy import ndimage
 
 from matter_model.change_detection import feature_distance
 from matter_model.inputs import IQR_TO_STD, standardize
+from pipelines.blocks import as_blocks
 from pipelines.stack_store import stack_grid
 
 # The smallest IQR a band is divided by, so that a flat band's differences stay finite.
@@ -107,9 +108,8 @@ def pixel_change_score(
 
 def _blocks(score: np.ndarray, size: int) -> np.ndarray:
     """Non-overlapping ``size`` x ``size`` windows as (rows, cols, size * size)."""
-    rows, cols = score.shape[0] // size, score.shape[1] // size
-    blocks = score[: rows * size, : cols * size].reshape(rows, size, cols, size)
-    return blocks.transpose(0, 2, 1, 3).reshape(rows, cols, size * size)
+    blocks = as_blocks(score, size)
+    return blocks.reshape(*blocks.shape[:2], size * size)
 
 
 def window_max(score: np.ndarray, size: int) -> np.ndarray:
@@ -152,8 +152,7 @@ def window_scores(
         pair_valid = valid[a] & valid[b]
         pair_score = pixel_change_score(reflectance[a], reflectance[b], pair_valid, method)
         score = np.maximum(score, window_statistic(pair_score, window, quantile))
-    cropped = valid[:, : rows * window, : cols * window]
-    valid_fraction = cropped.reshape(times, rows, window, cols, window).mean(axis=(2, 4))
+    valid_fraction = as_blocks(valid, window).mean(axis=(-2, -1))
     return score, valid_fraction.min(axis=0)
 
 
@@ -206,9 +205,7 @@ def screen_windows(
 
 def window_truth(change: np.ndarray, window: int) -> np.ndarray:
     """Per window: does any pixel of a ground-truth change mask (y, x) say change?"""
-    rows, cols = change.shape[0] // window, change.shape[1] // window
-    blocks = change[: rows * window, : cols * window].reshape(rows, window, cols, window)
-    return blocks.any(axis=(1, 3)).ravel()
+    return as_blocks(change, window).any(axis=(-2, -1)).ravel()
 
 
 def screening_quality(table: pd.DataFrame, truly_changed: np.ndarray) -> dict[str, float]:

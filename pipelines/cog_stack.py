@@ -21,6 +21,7 @@ import rasterio
 from affine import Affine
 
 from pipelines.bands import SCL, SCL_INVALID_DEFAULT
+from pipelines.blocks import as_blocks
 from pipelines.grid import Grid
 from pipelines.stac.items import asset_path, reflectance_offset
 
@@ -271,5 +272,5 @@ class CogStack:
         for t, source in enumerate(self._scl):
             scl, dy, dx = source.read_rows(0, rows * size, cols * size)
             valid = self._valid_lut[upsampled(scl, source.factor, dy, dx, rows * size, cols * size)]
-            out[t] = valid.reshape(rows, size, cols, size).mean(axis=(1, 3))
+            out[t] = as_blocks(valid, size).mean(axis=(-2, -1))
         return out

@@ -31,6 +31,7 @@ import xarray as xr
 
 from matter_model.inputs import REFLECTANCE
 from matter_model.patch_store import StoreInfo, write_shard
+from pipelines.blocks import as_blocks
 from pipelines.grid import Grid
 from pipelines.stack_store import stack_grid
 
@@ -154,9 +155,7 @@ class StackSource:
 
     def valid_fraction(self, size: int) -> np.ndarray:
         """Share of valid pixels of each ``size`` px window: (date, row, col)."""
-        rows, cols = self.grid.height // size, self.grid.width // size
-        valid = self._valid[:, : rows * size, : cols * size]
-        return valid.reshape(len(self.dates), rows, size, cols, size).mean(axis=(2, 4))
+        return as_blocks(self._valid, size).mean(axis=(-2, -1))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from matter_model.atomic_io import atomic_directory
 from pipelines.bands import SCL, SPECTRAL_BANDS
+from pipelines.blocks import as_blocks
 from pipelines.demo_world.materials import (
     CLOUD,
     MATERIAL_SCL,
@@ -315,9 +316,7 @@ class Observation:
 
 def block_mean(array: np.ndarray, factor: int) -> np.ndarray:
     """Mean over non-overlapping factor x factor blocks of the last two axes."""
-    *lead, rows, cols = array.shape
-    blocks = array.reshape(*lead, rows // factor, factor, cols // factor, factor)
-    return blocks.mean(axis=(-3, -1))
+    return as_blocks(array, factor).mean(axis=(-2, -1))
 
 
 def cloud_fields(
