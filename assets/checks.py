@@ -21,6 +21,7 @@ from assets.partitions import CONFIG, REGION_WINDOWS, RegionWindow, region_windo
 from assets.patches import change_screen, patch_triplets, tiling_inputs
 from assets.resources import DataStore
 from matter_model.patch_store import ROLES
+from pipelines.dates import stack_dates
 from pipelines.shift import estimate_shift
 from pipelines.stack_store import open_stack
 from pipelines.tiling import count_triplets
@@ -68,7 +69,7 @@ def cloud_free_fraction(store: DataStore, part: RegionWindow) -> dg.AssetCheckRe
     """Enough of the stack is cloud-free (valid in SCL) to be worth screening and tiling."""
     stack = open_stack(store.stack(part.region, part.window))
     per_date = stack["valid_fraction"].values.astype(float)
-    dates = [str(t)[:10] for t in stack["time"].values.astype("datetime64[D]")]
+    dates = stack_dates(stack)
     overall = float(per_date.mean())
     threshold = float(setting("min_cloud_free_fraction"))
     return dg.AssetCheckResult(
@@ -96,7 +97,7 @@ def residual_shifts(stack, band: str = "B08") -> dict[str, float | None]:
     window = {"y": slice(y0, y0 + crop), "x": slice(x0, x0 + crop)}
     reflectance = stack["reflectance"].sel(band=band).isel(window).values
     valid = stack["valid"].isel(window).values
-    dates = [str(t)[:10] for t in stack["time"].values.astype("datetime64[D]")]
+    dates = stack_dates(stack)
     reference = dates.index(str(stack.attrs["reference_date"])[:10])
     residuals: dict[str, float | None] = {}
     for t, date in enumerate(dates):

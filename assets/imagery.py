@@ -11,6 +11,7 @@ from assets.previews import figure_png, png_metadata, true_colour
 from assets.resources import DataStore, StacApi
 from matter_model.atomic_io import atomic_write_text
 from pipelines.coregistration import coregister
+from pipelines.dates import item_date, stack_dates
 from pipelines.grid import region_grid, utm_epsg
 from pipelines.stac import StacSearchError, item_mgrs_tile, search_items
 from pipelines.stac.items import split_usable
@@ -45,7 +46,7 @@ def stac_items(
     return dg.MaterializeResult(
         metadata={
             "items": len(items),
-            "dates": sorted({it["properties"]["datetime"][:10] for it in items}),
+            "dates": sorted({item_date(it) for it in items}),
             "tiles": sorted({item_mgrs_tile(it) or "?" for it in items}),
             "items_skipped": len(skipped),
             "skipped_reasons": dg.MetadataValue.json(reasons),
@@ -83,7 +84,7 @@ def coregistered_stack(
     )
     path = write_stack(stack, store.stack(part.region, part.window))
     stack = open_stack(path)
-    dates = [str(t)[:10] for t in stack.time.values.astype("datetime64[D]")]
+    dates = stack_dates(stack)
     rgb = ["B04", "B03", "B02"]
     step = -(-max(grid.height, grid.width) // 1024)  # previews of at most 1024 px a side
     preview = stack.reflectance.sel(band=rgb)[:, :, ::step, ::step].values

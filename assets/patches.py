@@ -12,6 +12,7 @@ from assets.resources import DataStore
 from matter_model.atomic_io import atomic_write_text
 from matter_model.patch_store import ROLES, read_shard
 from pipelines.change_screen import screen_windows, screening_quality, window_truth
+from pipelines.dates import stack_dates
 from pipelines.demo_world.truth import change_truth
 from pipelines.stack_store import open_stack, stack_grid
 from pipelines.tiling import NegativePool, StackSource, TilingSettings, tile_to_store
@@ -39,7 +40,7 @@ def change_screen(context: dg.AssetExecutionContext, store: DataStore) -> dg.Mat
         "path": dg.MetadataValue.path(str(path)),
     }
     if CONFIG.stac.endpoint == "demo":
-        dates = [str(t)[:10] for t in stack.time.values.astype("datetime64[D]")]
+        dates = stack_dates(stack)
         truth = change_truth(store.demo_world, part.region, dates, stack_grid(stack))
         quality = screening_quality(table, window_truth(truth, int(table["size"].iloc[0])))
         metadata.update({f"truth_{k}": v for k, v in quality.items()})

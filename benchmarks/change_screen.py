@@ -45,6 +45,7 @@ from pipelines.change_screen import (  # noqa: E402
     window_truth,
 )
 from pipelines.coregistration import coregister  # noqa: E402
+from pipelines.dates import item_date, stack_dates  # noqa: E402
 from pipelines.demo_world import DEFAULT_SPEC, generate_demo_world  # noqa: E402
 from pipelines.demo_world.truth import change_truth  # noqa: E402
 from pipelines.grid import region_grid, utm_epsg  # noqa: E402
@@ -147,13 +148,13 @@ def demo_stacks(world: Path) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarr
         ids = set(region["item_ids"].values())
         quarters = defaultdict(list)
         for item in (it for it in items if it["id"] in ids):
-            date = item["properties"]["datetime"][:10]
+            date = item_date(item)
             quarters[f"{date[:4]}-Q{(int(date[5:7]) - 1) // 3 + 1}"].append(item)
         lon0, lat0, lon1, lat1 = region["bbox"]
         grid = region_grid(region["bbox"], utm_epsg((lon0 + lon1) / 2, (lat0 + lat1) / 2))
         for quarter, quarter_items in sorted(quarters.items()):
             stack = coregister(quarter_items, grid, region["name"]).load()
-            dates = [str(t)[:10] for t in stack.time.values.astype("datetime64[D]")]
+            dates = stack_dates(stack)
             truth = change_truth(world, region["name"], dates, stack_grid(stack))
             # The model's nine bands: OSCD and the L2A stack share their names.
             reflectance = stack["reflectance"].sel(band=list(MATTER_BANDS)).values

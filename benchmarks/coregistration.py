@@ -120,6 +120,7 @@ def run_case(items_path: Path, size_px: int, chunk_px: int, out: Path) -> dict:
     from affine import Affine
 
     from pipelines.coregistration import coregister
+    from pipelines.dates import stack_dates
     from pipelines.grid import Grid
     from pipelines.stack_store import open_stack, write_stack
 
@@ -132,7 +133,7 @@ def run_case(items_path: Path, size_px: int, chunk_px: int, out: Path) -> dict:
     wall = time.perf_counter() - start
     written = open_stack(out)
     planted = np.array(SHIFTS_PX * len(items))[: len(items)]
-    dates = [str(t)[:10] for t in written.time.values.astype("datetime64[D]")]
+    dates = stack_dates(written)
     reference = planted[dates.index(written.attrs["reference_date"])]
     error = np.abs(written.shift_px.values - (planted - reference)).max()
     return {

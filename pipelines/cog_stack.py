@@ -22,6 +22,7 @@ from affine import Affine
 
 from pipelines.bands import SCL, SCL_INVALID_DEFAULT
 from pipelines.blocks import as_blocks
+from pipelines.dates import item_date
 from pipelines.grid import Grid
 from pipelines.stac.items import asset_path, reflectance_offset
 
@@ -50,7 +51,7 @@ class CogScene:
     ) -> CogScene:
         """The scene of a STAC item, hrefs mapped through ``href_rewrites`` to local files."""
         return cls(
-            date=str(item["properties"]["datetime"])[:10],
+            date=item_date(item),
             bands={name: asset_path(item, name, href_rewrites) for name in bands},
             scl=asset_path(item, SCL.name, href_rewrites),
             offset=reflectance_offset(item),

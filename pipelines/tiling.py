@@ -32,6 +32,7 @@ import xarray as xr
 from matter_model.inputs import REFLECTANCE
 from matter_model.patch_store import StoreInfo, write_shard
 from pipelines.blocks import as_blocks
+from pipelines.dates import stack_dates
 from pipelines.grid import Grid
 from pipelines.stack_store import stack_grid
 
@@ -144,7 +145,7 @@ class StackSource:
             )
         self.region = str(stack.attrs["region"])
         self.tile = str(stack.attrs.get("tiles", ""))
-        self.dates = [str(t)[:10] for t in stack["time"].values.astype("datetime64[D]")]
+        self.dates = stack_dates(stack)
         self.grid = stack_grid(stack)
         self._reflectance = stack["reflectance"].sel(band=list(bands)).values
         self._valid = stack["valid"].values

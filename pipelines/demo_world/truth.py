@@ -12,6 +12,7 @@ from rasterio.enums import Resampling
 from scipy import ndimage
 
 from matter_model.change_detection import ChangePair
+from pipelines.dates import stack_dates
 from pipelines.grid import Grid
 from pipelines.scene_reader import read_asset
 from pipelines.stack_store import open_stack, stack_grid
@@ -47,7 +48,7 @@ def demo_change_pairs(
         stack = open_stack(path).load()
         if stack.sizes["time"] < 2:
             continue
-        dates = [str(t)[:10] for t in stack.time.values.astype("datetime64[D]")]
+        dates = stack_dates(stack)
         first, last = stack.reflectance.sel(band=bands).values[[0, -1]]
         valid_first, valid_last = stack.valid.values[[0, -1]]
         first = np.where(valid_first, first, np.where(valid_last, last, 0.0))

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipelines.bands import SCL, SPECTRAL_BANDS, asset_key
+from pipelines.dates import item_date
 from pipelines.grid import CoregistrationError
 from pipelines.stac.signing import resolve_href
 
@@ -62,7 +63,7 @@ def scenes_by_date(items: Sequence[dict]) -> dict[str, list[dict]]:
     """The items per acquisition date (sorted), the clearest scene (lowest cloud cover) first."""
     by_date: dict[str, list[dict]] = defaultdict(list)
     for item in items:
-        by_date[item["properties"]["datetime"][:10]].append(item)
+        by_date[item_date(item)].append(item)
     return {
         date: sorted(by_date[date], key=lambda it: it["properties"].get("eo:cloud_cover", 100))
         for date in sorted(by_date)

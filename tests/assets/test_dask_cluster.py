@@ -14,6 +14,7 @@ import pytest
 from distributed import LocalCluster
 
 from assets.dask_resource import DaskCluster
+from pipelines.dates import item_date
 from pipelines.stac.server import free_port
 from pipelines.stack_store import open_stack
 from tests.assets.demo_chain import run_in, tiny_config
@@ -36,7 +37,7 @@ def _materialize_stack(tmp: Path, dask_section: dict) -> tuple[str, Path]:
     items = [
         it
         for it in json.loads((world / "items.json").read_text())["features"]
-        if it["id"] in set(ids) and start <= it["properties"]["datetime"][:10] < end
+        if it["id"] in set(ids) and start <= item_date(it) < end
     ]
     assert items, "the tiny world has no scene in the partition's window"
     path = tmp / "data" / "items" / region / f"{start}.json"

@@ -12,6 +12,7 @@ from rasterio.warp import transform_bounds
 from scipy import ndimage
 
 from pipelines.coregistration import coregister
+from pipelines.dates import stack_dates
 from pipelines.demo_world import DEFAULT_SPEC, generate_demo_world
 from pipelines.grid import CoregistrationError, Grid, block_windows, region_grid, utm_epsg
 from pipelines.shift import estimate_shift
@@ -135,7 +136,7 @@ def test_planted_shifts_of_the_demo_world_are_measured(
     for region in manifest["regions"]:
         _, stack = _region_stack(region, items, chunk_px=chunk_px, sample_px=sample_px)
         reference = region["shifts_px"][stack.attrs["reference_date"]]
-        dates = [str(t)[:10] for t in stack.time.values.astype("datetime64[D]")]
+        dates = stack_dates(stack)
         for date, measured in zip(dates, stack.shift_px.values, strict=True):
             planted = np.subtract(region["shifts_px"][date], reference)
             np.testing.assert_allclose(measured, planted, atol=0.1, err_msg=date)
