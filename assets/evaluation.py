@@ -10,7 +10,8 @@ from assets.partitions import CONFIG
 from assets.previews import markdown_table, png_metadata
 from assets.resources import DataStore
 from matter_model.atomic_io import atomic_write_text
-from matter_model.change_detection import ChangePair, compare_with_baselines
+from matter_model.change_detection import ChangePair
+from matter_model.change_evaluation import compare_with_baselines
 from matter_model.checkpoint import load_model
 from matter_model.datasets.oscd import OSCD
 from matter_model.downstream.oscd import unsupervised as oscd_unsupervised

@@ -8,9 +8,9 @@ For a pair of co-registered images of one place at two dates:
 4. Otsu's threshold, computed over the valid pixels of that pair alone, splits it:
    change = score > threshold.
 
-Precision, recall and F1 are those of the CHANGE class, kept as :mod:`matter_model.metrics`
-counts so that per-pair figures and the micro figures (counts summed over every valid pixel of
-every pair, as the authors report them) come from the same code.
+Each pair's result is scored against its truth (:mod:`matter_model.metrics`);
+:mod:`matter_model.change_evaluation` runs methods over many pairs and sums the figures, and
+:mod:`matter_model.rendering` draws a change map.
 
 The scoring differs from the authors' released evaluation, which cuts each city into 32 px
 tiles, blurs with a 13 x 13 Gaussian of sigma 2.3 and runs Otsu per batch of 32 tiles
@@ -26,19 +26,15 @@ takes a batch ``(N, C, H, W) -> (N, E, H, W)``, as the authors' tiled protocol i
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from matter_model.atomic_io import atomic_write_bytes
-from matter_model.inputs import Normalizer, as_reflectance, input_normalizer, standardize
+from matter_model.inputs import Normalizer, as_reflectance, standardize
 from matter_model.metrics import ConfusionCounts, confusion_counts, ranking_quality
-from matter_model.rendering import contrast_stretch
 
 FeatureExtractor = Callable[[np.ndarray], np.ndarray]
 
@@ -212,158 +208,3 @@ def detect_changes(
         confusion_counts(prediction, pair.truth, valid),
         ranking_quality(distance[valid], pair.truth[valid]),
     )
-
-
-def evaluate_pairs(
-    pairs: Iterable[ChangePair],
-    methods: dict[str, FeatureExtractor],
-    sigma: float = DEFAULT_SIGMA,
-    bins: int = DEFAULT_BINS,
-    on_result: Callable[[str, ChangePair, ChangeResult], None] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Run every method on every pair (one pass over ``pairs``, so they may stream).
-
-    Returns ``{method: {"per_pair": {name: {precision, recall, f1, threshold, tp, fp, fn, tn,
-    auc, average_precision}}, "micro": {precision, recall, f1, tp, fp, fn, tn}, "macro": {auc,
-    average_precision}}}``; micro figures come from the counts summed over all pairs, macro
-    figures are the means over the pairs whose truth has both classes.
-    ``on_result(method, pair, result)`` sees each result (e.g. to render a preview) before it
-    is dropped.
-    """
-    per_pair: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods}
-    totals = {m: ConfusionCounts() for m in methods}
-    for pair in pairs:
-        for method, extractor in methods.items():
-            if pair.name in per_pair[method]:
-                raise ValueError(f"pair name {pair.name!r} occurs twice")
-            result = detect_changes(pair, extractor, sigma=sigma, bins=bins)
-            per_pair[method][pair.name] = {
-                **result.counts.as_dict(),
-                "threshold": result.threshold,
-                **result.ranking,
-            }
-            totals[method] = totals[method] + result.counts
-            if on_result is not None:
-                on_result(method, pair, result)
-    return {
-        m: {"per_pair": per_pair[m], "micro": totals[m].as_dict(), "macro": _macro(per_pair[m])}
-        for m in methods
-    }
-
-
-def _macro(per_pair: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    """Means of the ranking figures over the pairs that have them (None when none has)."""
-    out: dict[str, float | None] = {}
-    for key in ("auc", "average_precision"):
-        values = [r[key] for r in per_pair.values() if r[key] is not None]
-        out[key] = float(np.mean(values)) if values else None
-    return out
-
-
-def rgb_preview(image: np.ndarray, rgb: tuple[int, int, int] = (2, 1, 0)) -> np.ndarray:
-    """An ``(H, W, 3)`` float image in [0, 1]: bands ``rgb``, each stretched between its own 2-98 %
-    (:func:`matter_model.rendering.contrast_stretch`)."""
-    out = np.empty((*image.shape[1:], 3), dtype=np.float32)
-    for k, c in enumerate(rgb):
-        out[..., k] = contrast_stretch(image[c].astype(np.float32))
-    return out
-
-
-def render_change_map(
-    pair: ChangePair,
-    prediction: np.ndarray,
-    path: str | Path | None = None,
-    rgb: tuple[int, int, int] = (2, 1, 0),
-    title: str | None = None,
-) -> bytes:
-    """PNG of date 1, date 2 (RGB), truth and prediction side by side; written atomically.
-
-    Prediction colours: white = true change, red = false alarm, blue = missed change, grey =
-    invalid. ``rgb`` are the band indices of red, green and blue (B04, B03, B02 in the
-    authors' 9-band order).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    truth = pair.truth.astype(bool)
-    pred = prediction.astype(bool)
-    errors = np.zeros((*truth.shape, 3), dtype=np.float32)
-    errors[pred & truth] = (1, 1, 1)
-    errors[pred & ~truth] = (1, 0, 0)
-    errors[~pred & truth] = (0, 0.4, 1)
-    if pair.valid is not None:
-        errors[~pair.valid.astype(bool)] = (0.5, 0.5, 0.5)
-
-    fig = Figure(figsize=(16, 4.4), dpi=100)
-    FigureCanvasAgg(fig)
-    panels = [
-        (rgb_preview(pair.image_1, rgb), "date 1"),
-        (rgb_preview(pair.image_2, rgb), "date 2"),
-        (truth, "truth"),
-        (errors, "prediction (white TP, red FP, blue FN)"),
-    ]
-    for k, (img, name) in enumerate(panels):
-        ax = fig.add_subplot(1, 4, k + 1)
-        ax.imshow(img, cmap="gray", interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-        ax.set_axis_off()
-    fig.suptitle(title or pair.name)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    data = buf.getvalue()
-    if path is not None:
-        atomic_write_bytes(path, data)
-    return data
-
-
-def untrained_twin(model: Any, config: dict[str, Any]) -> Any:
-    """The network ``config`` builds, from random initialisation seeded by ``config['seed']``,
-    on ``model``'s device and in eval mode: the ``untrained`` baseline of every comparison."""
-    import torch
-
-    from matter_model.checkpoint import build_model
-
-    device = next(model.parameters()).device
-    torch.manual_seed(int(config.get("seed", 0)))
-    return build_model(config).to(device).eval()
-
-
-def compare_with_baselines(
-    model: Any,
-    config: dict[str, Any],
-    datasets: dict[str, Iterable[ChangePair]],
-    window: int = 13,
-    sigma: float = DEFAULT_SIGMA,
-    previews: str | Path | None = None,
-    output: str = CHANGE_MAP_OUTPUT,
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """Every dataset's pairs through a trained MATTER model, the same network untrained (seeded
-    from ``config['seed']``), and CVA, side by side: ``{dataset: evaluate_pairs(...)}``.
-
-    Both networks see the images prepared as the model's training patches were
-    (``config['inputs']``, see :mod:`matter_model.inputs`) and give the same ``output``.
-    With ``previews``, the trained model's change map of each pair is written there as PNG.
-    Both networks run on the trained model's device.
-    """
-    device = next(model.parameters()).device
-    untrained = untrained_twin(model, config)
-    prepare = input_normalizer(config)
-    methods = {
-        name: model_features(
-            network, window=window, device=str(device), normalize=prepare, output=output
-        )
-        for name, network in (("matter", model), ("untrained", untrained))
-    }
-    methods["cva"] = cva_features
-    bands = list(config["bands"])
-    rgb = tuple(bands.index(b) if b in bands else i for i, b in enumerate(("B04", "B03", "B02")))
-
-    def keep_preview(method: str, pair: ChangePair, result: ChangeResult) -> None:
-        if previews is not None and method == "matter":
-            render_change_map(pair, result.prediction, Path(previews) / f"{pair.name}.png", rgb=rgb)
-
-    return {
-        name: evaluate_pairs(pairs, methods, sigma=sigma, on_result=keep_preview)
-        for name, pairs in datasets.items()
-    }

@@ -29,10 +29,9 @@ from matter_model.change_detection import (
     CHANGE_MAP_OUTPUT,
     DEFAULT_SIGMA,
     MODEL_OUTPUTS,
-    compare_with_baselines,
     model_features,
-    untrained_twin,
 )
+from matter_model.change_evaluation import compare_with_baselines, untrained_twin
 from matter_model.checkpoint import load_model
 from matter_model.datasets.oscd import OSCD, OSCDError
 from matter_model.matter import Matter

@@ -11,16 +11,15 @@ import torch
 from matter_model.change_detection import (
     MODEL_OUTPUTS,
     ChangePair,
-    compare_with_baselines,
     cva_features,
     detect_changes,
-    evaluate_pairs,
     model_features,
     otsu_threshold,
-    render_change_map,
 )
+from matter_model.change_evaluation import compare_with_baselines, evaluate_pairs
 from matter_model.checkpoint import build_model
 from matter_model.metrics import ConfusionCounts
+from matter_model.rendering import render_change_map
 from matter_model.train import load_config
 from tests.conftest import REAL_DATA
 
