@@ -22,6 +22,10 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from matter_model.bands import MATTER_BANDS
+from pipelines import tiling
+from pipelines.coregistration import DEFAULT_CHUNK_PX, DEFAULT_SAMPLE_PX
+
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 # The trainer's full key set: `training.overrides` may set any of these, and nothing else.
 TRAINER_DEFAULTS = Path(__file__).resolve().parents[1] / "matter_model" / "configs" / "default.yaml"
@@ -30,7 +34,7 @@ ENDPOINTS = {
     # Its asset hrefs are signed at search time and re-signed before each read (stac/signing.py).
     "planetary-computer": "https://planetarycomputer.microsoft.com/api/stac/v1",
 }
-AUTHORS_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12")
+_TILING = tiling.TilingSettings()  # the tiling section's defaults
 SLUG = re.compile(r"[A-Za-z0-9_-]+")
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -126,9 +130,8 @@ class Region(Section):
 
 class GridSettings(Section):
     resolution_m: Positive = 10.0
-    # pipelines.coregistration's DEFAULT_CHUNK_PX and DEFAULT_SAMPLE_PX
-    chunk_px: PositiveInt = 1024  # co-registration block side
-    sample_px: PositiveInt = 1024  # the shift between dates is measured on at most this square
+    chunk_px: PositiveInt = DEFAULT_CHUNK_PX  # co-registration block side
+    sample_px: PositiveInt = DEFAULT_SAMPLE_PX  # the shift is measured on at most this square
 
 
 class DaskSettings(Section):
@@ -150,13 +153,16 @@ class ScreenSettings(Section):
 
 
 class TilingSettings(Section):
-    bands: tuple[str, ...] = Field(default=AUTHORS_BANDS, min_length=1)
-    min_valid_fraction: Fraction = 0.9
-    min_negative_distance_px: Annotated[int, Field(ge=0)] = 64
-    max_pairs_per_window: PositiveInt | None = None  # None: every ordered pair of valid dates
-    strip_rows: PositiveInt | None = None  # None: the whole scene is one strip
+    """The tiling section: the bands, the negatives' source, and the settings of
+    :class:`pipelines.tiling.TilingSettings`, whose defaults these are."""
+
+    bands: tuple[str, ...] = Field(default=MATTER_BANDS, min_length=1)
+    min_valid_fraction: Fraction = _TILING.min_valid_fraction
+    min_negative_distance_px: Annotated[int, Field(ge=0)] = _TILING.min_negative_distance_px
+    max_pairs_per_window: PositiveInt | None = _TILING.max_pairs_per_window  # None: every pair
+    strip_rows: PositiveInt | None = _TILING.strip_rows  # None: the whole scene is one strip
     negatives: Literal["same_scene", "other_region"] = "same_scene"
-    seed: int = 0
+    seed: int = _TILING.seed
 
 
 @cache
