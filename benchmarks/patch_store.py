@@ -39,6 +39,7 @@ from matter_model.patch_store import (
     TripletDataset,
     write_shard,
 )
+from pipelines.blocks import as_blocks
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -48,10 +49,8 @@ PATCH = 32
 
 def windows(image: np.ndarray) -> np.ndarray:
     """The non-overlapping ``PATCH`` px windows of ``(C, H, W)`` as ``(N, C, PATCH, PATCH)``."""
-    c, h, w = image.shape
-    rows, cols = h // PATCH, w // PATCH
-    cut = image[:, : rows * PATCH, : cols * PATCH].reshape(c, rows, PATCH, cols, PATCH)
-    return cut.transpose(1, 3, 0, 2, 4).reshape(rows * cols, c, PATCH, PATCH)
+    blocks = as_blocks(image, PATCH)  # (C, rows, cols, PATCH, PATCH)
+    return np.moveaxis(blocks, 0, 2).reshape(-1, image.shape[0], PATCH, PATCH)
 
 
 def real_triplets(cities: list[str], limit: int) -> dict[str, dict[str, np.ndarray]]:
