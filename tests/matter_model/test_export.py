@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import matter_model
+from matter_model.bands import MATTER_BANDS
 from matter_model.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from matter_model.export import ExportInputError, export, main
 from matter_model.inputs import SCENE_STANDARDISED, standardize
-from matter_model.matter import DEFAULT_BANDS
 from matter_model.pretrained import CARD, WEIGHTS, ExportError, InputMismatchError, load
 from tests.matter_model.tiny_model import TINY_MODEL, tiny_checkpoint
 
@@ -51,7 +51,7 @@ def test_exported_weights_give_the_checkpoints_outputs(exported: tuple[Path, Pat
     reference, config = load_model(checkpoint)
     model, prepare = matter_model.load(out)
     dn = _dn()
-    x = prepare(dn, DEFAULT_BANDS, "L2A")
+    x = prepare(dn, MATTER_BANDS, "L2A")
     expected_input = dn.astype(np.float32) * np.float32(1e-4) + np.float32(-0.1)
     np.testing.assert_allclose(x[0].numpy(), expected_input, rtol=1e-6)
     with torch.no_grad():
@@ -64,7 +64,7 @@ def test_the_card_declares_the_inputs_and_the_run(exported: tuple[Path, Path]) -
     checkpoint, out = exported
     card = json.loads((out / CARD).read_text())
     inputs = card["inputs"]
-    assert inputs["bands"] == list(DEFAULT_BANDS) and inputs["product_level"] == "L2A"
+    assert inputs["bands"] == list(MATTER_BANDS) and inputs["product_level"] == "L2A"
     assert inputs["reflectance"]["scale"] == 1e-4 and inputs["reflectance"]["offset"] == -0.1
     assert inputs["normalisation"]["method"] == "reflectance"
     assert inputs["gsd_m"] == 10
@@ -104,7 +104,7 @@ def test_card_reads_what_the_patch_store_records(tmp_path: Path) -> None:
     _, prepare = load(tmp_path / "out")
     dn = _dn(1)
     expected = standardize(dn.astype(np.float32) * np.float32(1e-4))
-    np.testing.assert_allclose(prepare(dn, DEFAULT_BANDS, "l1c")[0].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(prepare(dn, MATTER_BANDS, "l1c")[0].numpy(), expected, atol=1e-5)
     with pytest.raises(ExportInputError, match="--product-level L2A contradicts.*L1C"):
         export(checkpoint, tmp_path / "out", "L2A")
 
@@ -120,7 +120,7 @@ def test_export_needs_a_product_level(tmp_path: Path) -> None:
 def test_prepare_refuses_other_bands_or_levels_naming_both(exported: tuple[Path, Path]) -> None:
     _, prepare = load(exported[1])
     dn = _dn()
-    bands = list(DEFAULT_BANDS)
+    bands = list(MATTER_BANDS)
     with pytest.raises(InputMismatchError, match=r"bands \['B01'.*trained on \['B02'"):
         prepare(dn, ["B01", *bands[1:]], "L2A")
     with pytest.raises(InputMismatchError, match="another order"):
@@ -138,7 +138,7 @@ def test_prepare_refuses_other_bands_or_levels_naming_both(exported: tuple[Path,
 def test_prepare_takes_a_batch_and_an_offset(exported: tuple[Path, Path]) -> None:
     _, prepare = load(exported[1])
     dn = _dn(shape=(2, 9, 8, 8))
-    x = prepare(torch.from_numpy(dn.astype(np.int32)), DEFAULT_BANDS, "L2A", offset=0.0)
+    x = prepare(torch.from_numpy(dn.astype(np.int32)), MATTER_BANDS, "L2A", offset=0.0)
     assert x.shape == (2, 9, 8, 8) and x.dtype == torch.float32
     np.testing.assert_allclose(x.numpy(), dn * np.float32(1e-4), rtol=1e-6)
 
