@@ -42,16 +42,32 @@ def standardize(
     x = np.asarray(image, dtype=np.float32)
     out = np.empty_like(x)
     for c, band in enumerate(x):
-        pixels = band[np.isfinite(band) if valid is None else valid]
-        if pixels.size == 0:
-            raise ValueError(f"band {c} has no {'finite' if valid is None else 'valid'} pixel")
-        if robust:
-            q1, centre, q3 = np.percentile(pixels, [25, 50, 75])
-            scale = max((q3 - q1) / IQR_TO_STD, min_scale)
-        else:
-            centre, scale = pixels.mean(), max(pixels.std(), min_scale)
-        out[c] = (band - centre) / (scale if scale > 0 else 1.0)
+        try:
+            centre, scale = band_statistics(band, robust, valid, min_scale)
+        except ValueError as exc:
+            raise ValueError(f"band {c} {exc}") from None
+        out[c] = (band - centre) / scale
     return out
+
+
+def band_statistics(
+    band: np.ndarray,
+    robust: bool = True,
+    valid: np.ndarray | None = None,
+    min_scale: float = 0.0,
+) -> tuple[np.float64, np.float64]:
+    """The centre and scale :func:`standardize` gives one band ``(H, W)`` (a flat band's scale
+    is 1); tiled inference computes them once per scene and applies them per tile."""
+    pixels = band[np.isfinite(band) if valid is None else valid]
+    if pixels.size == 0:
+        raise ValueError(f"has no {'finite' if valid is None else 'valid'} pixel")
+    if robust:
+        q1, centre, q3 = np.percentile(pixels, [25, 50, 75])
+        scale = max((q3 - q1) / IQR_TO_STD, min_scale)
+    else:
+        centre, scale = pixels.mean(), max(pixels.std(), min_scale)
+    # float64, as numpy's statistics give them: the arithmetic of standardize is unchanged
+    return np.float64(centre), np.float64(scale if scale > 0 else 1.0)
 
 
 def as_reflectance(image: np.ndarray) -> np.ndarray:
