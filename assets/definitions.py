@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import checks, evaluation, imagery, model, patches
+from assets import checks, evaluation, imagery, inference, model, patches
 from assets.dask_resource import DaskCluster
 from assets.executors import executor_from_env
 from assets.jobs import dataset_refresh, matter_chain, patch_dataset, pretrain_and_evaluate
@@ -20,7 +20,7 @@ from assets.sensors import new_scenes
 _store = DataStore(root=CONFIG.storage.root)
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([imagery, patches, model, evaluation]),
+    assets=dg.load_assets_from_modules([imagery, patches, model, evaluation, inference]),
     asset_checks=dg.load_asset_checks_from_modules([checks]),
     jobs=[matter_chain, patch_dataset, pretrain_and_evaluate],
     schedules=[dataset_refresh],

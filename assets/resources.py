@@ -41,6 +41,12 @@ class DataStore(dg.ConfigurableResource):
     def screen(self, region: str, window: str) -> Path:
         return self.path("screens", region, f"{window}.csv")
 
+    def embeddings(self, region: str, window: str) -> Path:
+        return self.path("embeddings", region, f"{window}.zarr")
+
+    def change_maps(self, region: str, window: str) -> Path:
+        return self.path("change_maps", region, window)
+
     @property
     def patch_store(self) -> Path:
         return self.path("patches")
