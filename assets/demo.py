@@ -1,7 +1,8 @@
 """`make demo`: run the whole chain on the embedded default and name the report it wrote.
 
 Runs the `matter_chain` job the way a backfill would: the dataset assets once per region x
-window partition, then pretraining and evaluation over every materialised partition. Runs are
+window partition, then pretraining and evaluation over every materialised partition, then the
+embeddings and change maps of each partition with the pretrained model. Runs are
 recorded in the Dagster instance at $DAGSTER_HOME, so `make ui` shows them afterwards.
 """
 
@@ -13,38 +14,53 @@ import time
 import dagster as dg
 
 from assets.definitions import defs
-from assets.jobs import DATASET_ASSETS, MODEL_ASSETS
+from assets.jobs import DATASET_ASSETS, INFERENCE_ASSETS, MODEL_ASSETS
 from assets.partitions import REGION_WINDOWS
 
 # Step logs at INFO: the training progress and each step's outcome, without Dagster's DEBUG events.
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-def run_chain(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    """Every partition of the dataset assets, then the model assets; stops at the first failure."""
-    job = defs.resolve_job_def("matter_chain")
+def run_partitions(
+    job: dg.JobDefinition, instance: dg.DagsterInstance, assets: list[str]
+) -> dg.ExecuteInProcessResult | None:
+    """``assets`` for every partition in turn; the first failed run, or None when all succeed."""
     for key in REGION_WINDOWS.get_partition_keys():
         started = time.monotonic()
         result = job.execute_in_process(
             instance=instance,
             partition_key=key,
-            asset_selection=[dg.AssetKey(a) for a in DATASET_ASSETS],
+            asset_selection=[dg.AssetKey(a) for a in assets],
             run_config=RUN_CONFIG,
             raise_on_error=False,
         )
         print(
-            f"partition {key}: {'ok' if result.success else 'FAILED'} "
+            f"partition {key} ({', '.join(assets)}): {'ok' if result.success else 'FAILED'} "
             f"({time.monotonic() - started:.1f} s)",
             flush=True,
         )
         if not result.success:
             return result
-    return job.execute_in_process(
+    return None
+
+
+def run_chain(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    """Every partition of the dataset assets, then the model assets, then every partition of
+    the inference assets; stops at the first failure. Returns the model assets' run (or the
+    failed one)."""
+    job = defs.resolve_job_def("matter_chain")
+    failed = run_partitions(job, instance, DATASET_ASSETS)
+    if failed is not None:
+        return failed
+    result = job.execute_in_process(
         instance=instance,
         asset_selection=[dg.AssetKey(a) for a in MODEL_ASSETS],
         run_config=RUN_CONFIG,
         raise_on_error=False,
     )
+    if not result.success:
+        return result
+    return run_partitions(job, instance, INFERENCE_ASSETS) or result
 
 
 def main() -> int:

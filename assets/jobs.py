@@ -8,12 +8,14 @@ from assets.partitions import CONFIG, REGION_WINDOWS
 
 DATASET_ASSETS = ["stac_items", "coregistered_stack", "change_screen", "patch_triplets"]
 MODEL_ASSETS = ["matter_pretrained", "change_detection_eval"]
+INFERENCE_ASSETS = ["material_embeddings", "change_maps"]
 
 matter_chain = dg.define_asset_job(
     "matter_chain",
-    selection=DATASET_ASSETS + MODEL_ASSETS,
+    selection=DATASET_ASSETS + MODEL_ASSETS + INFERENCE_ASSETS,
     description="The whole chain: one region x window partition of the dataset, then "
-    "pretraining on every materialised partition and the change-detection evaluation.",
+    "pretraining on every materialised partition and the change-detection evaluation, then "
+    "the partition's embeddings and change maps.",
 )
 patch_dataset = dg.define_asset_job(
     "patch_dataset",

@@ -47,6 +47,16 @@ def test_asset_graph_is_the_chain() -> None:
     ]
     for upstream, downstream in zip(chain, chain[1:], strict=False):
         assert dg.AssetKey(upstream) in graph.get(dg.AssetKey(downstream)).parent_keys
+    embeddings = graph.get(dg.AssetKey("material_embeddings"))
+    assert {dg.AssetKey("coregistered_stack"), dg.AssetKey("matter_pretrained")} <= set(
+        embeddings.parent_keys
+    )
+    assert embeddings.partitions_def == REGION_WINDOWS
+    change_maps = graph.get(dg.AssetKey("change_maps"))
+    assert dg.AssetKey("material_embeddings") in change_maps.parent_keys
+    assert change_maps.partitions_def == REGION_WINDOWS
+    selected = defs.resolve_job_def("matter_chain").asset_layer.selected_asset_keys
+    assert {dg.AssetKey("material_embeddings"), dg.AssetKey("change_maps")} <= set(selected)
     for job in ("matter_chain", "patch_dataset", "pretrain_and_evaluate"):
         assert defs.resolve_job_def(job) is not None
 
