@@ -77,9 +77,9 @@ def write_embeddings(
     with atomic_directory(path) as tmp:
         target: list[zarr.Array] = []
 
-        def write(rows: slice, cols: slice, block: np.ndarray) -> None:
+        def write(date: int, rows: slice, cols: slice, block: np.ndarray) -> None:
             if not target:  # the feature count is known from the first tile
-                shape = (stack.sizes["time"], block.shape[1], stack.sizes["y"], stack.sizes["x"])
+                shape = (stack.sizes["time"], block.shape[0], stack.sizes["y"], stack.sizes["x"])
                 template = xr.Dataset(
                     {EMBEDDING: (("time", "feature", "y", "x"), da.zeros(shape, dtype=np.float16))},
                     coords={"time": stack.time, "y": stack.y, "x": stack.x},
@@ -98,7 +98,7 @@ def write_embeddings(
                     encoding={EMBEDDING: {"chunks": (1, shape[1], *chunks), "_FillValue": None}},
                 )
                 target.append(zarr.open_group(tmp, mode="r+", zarr_format=3)[EMBEDDING])
-            target[0][:, :, rows, cols] = block.astype(np.float16)
+            target[0][date, :, rows, cols] = block.astype(np.float16)
 
         embed_dates(
             model,

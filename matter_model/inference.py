@@ -196,17 +196,21 @@ def model_runner(
     return run
 
 
-def fill_from_nearest_date(images: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Dates ``(T, C, h, w)`` whose invalid pixels take the values of the nearest date in time
-    that is valid there (the earlier one on a tie), else 0: as evaluation fills a pair, so that a
-    cloud cannot look like change to a window-based feature (the model never saw a NaN)."""
-    filled = np.where(valid[:, None], images, np.nan).astype(np.float32)
-    for t in range(len(images)):
-        for s in sorted(range(len(images)), key=lambda s: (abs(s - t), s)):
-            hole = ~np.isfinite(filled[t])
-            if not hole.any():
-                break
-            filled[t][hole] = np.where(valid[s], images[s], np.nan)[hole]
+def fill_from_nearest_date(images: ArrayLike, valid: np.ndarray, date: int) -> np.ndarray:
+    """Date ``date`` ``(C, h, w)`` of ``images`` ``(T, C, h, w)``, its invalid pixels taken from
+    the nearest date in time valid there (the earlier one on a tie), else 0: as evaluation fills
+    a pair, so that a cloud cannot look like change to a window-based feature (the model never
+    saw a NaN). Another date is read only when it fills a hole."""
+    filled = np.where(valid[date], np.asarray(images[date], dtype=np.float32), np.nan)
+    hole = ~valid[date]
+    for other in sorted(range(len(valid)), key=lambda s: (abs(s - date), s)):
+        take = hole & valid[other]
+        if other == date or not take.any():
+            continue
+        filled[:, take] = np.asarray(images[other], dtype=np.float32)[:, take]
+        hole &= ~take
+        if not hole.any():
+            break
     return np.nan_to_num(filled, nan=0.0)
 
 
@@ -233,7 +237,7 @@ def embed_dates(
     config: Mapping[str, Any],
     reflectance: ArrayLike,
     valid: ArrayLike,
-    write: Writer,
+    write: Callable[[int, slice, slice, np.ndarray], None],
     window: int,
     output: str = CHANGE_MAP_OUTPUT,
     tile: int = DEFAULT_TILE,
@@ -241,7 +245,8 @@ def embed_dates(
     ramp: str = "cosine",
     device: str | None = None,
 ) -> None:
-    """Every date's dense ``output`` features, tile by tile: ``write(rows, cols, (T, E, h, w))``.
+    """Every date's dense ``output`` features, tile by tile: ``write(date, rows, cols, block)``
+    with blocks ``(E, h, w)``, one date after the other (the memory held is that of one date).
 
     ``reflectance`` ``(T, C, H, W)`` holds the model's bands (``config['bands']``) in order and
     ``valid`` ``(T, H, W)`` the valid mask; both are read one tile plus context at a time.
@@ -253,16 +258,21 @@ def embed_dates(
     if bands != len(config["bands"]):
         raise ValueError(f"the stack has {bands} bands, the model expects {list(config['bands'])}")
     normalize = input_normalizer(config)
-    prepare = [date_normalizer(normalize, reflectance[t], valid[t]) for t in range(dates)]
     run = model_runner(model, window, output, device)
-
-    def read(rows: slice, cols: slice) -> np.ndarray:
-        images = np.asarray(reflectance[:, :, rows, cols], dtype=np.float32)
-        filled = fill_from_nearest_date(images, np.asarray(valid[:, rows, cols], dtype=bool))
-        return np.stack([prepare[t](filled[t]) for t in range(dates)])
-
     logger.info("%d dates of %d x %d px on %s, tiles of %d px", dates, height, width, device, tile)
-    tiled_inference(run, read, height, width, write, tile, overlap, ramp)
+    for date in range(dates):
+        prepare = date_normalizer(normalize, reflectance[date], valid[date])
+
+        def read(
+            rows: slice, cols: slice, date: int = date, prepare: Normalizer = prepare
+        ) -> np.ndarray:
+            mask = np.asarray(valid[:, rows, cols], dtype=bool)
+            return prepare(fill_from_nearest_date(reflectance[:, :, rows, cols], mask, date))
+
+        def write_date(rows: slice, cols: slice, block: np.ndarray, date: int = date) -> None:
+            write(date, rows, cols, block)
+
+        tiled_inference(run, read, height, width, write_date, tile, overlap, ramp)
 
 
 def change_score(

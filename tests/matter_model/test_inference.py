@@ -127,8 +127,9 @@ def test_tiled_model_output_equals_the_whole_image_run(tiny) -> None:
     whole = model_features(model, window=5, tile=1024, output="residual")(image)
     written = np.full_like(whole, np.nan)
 
-    def write(rows: slice, cols: slice, block: np.ndarray) -> None:
-        written[:, rows, cols] = block[0]
+    def write(date: int, rows: slice, cols: slice, block: np.ndarray) -> None:
+        assert date == 0
+        written[:, rows, cols] = block
 
     embed_dates(
         model,
@@ -148,7 +149,7 @@ def test_tiled_model_output_equals_the_whole_image_run(tiny) -> None:
 def test_invalid_pixels_take_the_nearest_valid_date() -> None:
     images = np.stack([np.full((2, 1, 3), v, np.float32) for v in (1, 2, 3)])
     valid = np.array([[[1, 0, 0]], [[0, 1, 0]], [[1, 0, 0]]], bool)
-    filled = fill_from_nearest_date(images, valid)
+    filled = np.stack([fill_from_nearest_date(images, valid, t) for t in range(3)])
     np.testing.assert_array_equal(filled[:, 0, 0], [[1, 2, 0], [1, 2, 0], [3, 2, 0]])
 
 
