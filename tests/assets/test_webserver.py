@@ -25,4 +25,6 @@ def test_webserver_serves_the_asset_graph(tmp_path: Path) -> None:
         "patch_triplets": "patches",
         "matter_pretrained": "model",
         "change_detection_eval": "evaluation",
+        "material_embeddings": "inference",
+        "change_maps": "inference",
     }
