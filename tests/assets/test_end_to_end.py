@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import rioxarray
 
+from pipelines.stack_store import open_stack
 from tests.assets.demo_chain import run_in, tiny_config
 
 # A whole chain, a server or a cluster: `make test` runs it, `make test-fast` does not.
@@ -74,3 +76,20 @@ def test_an_empty_search_fails_clearly_and_writes_nothing(tmp_path: Path) -> Non
     assert result.returncode == 1
     assert "no sentinel-2-l2a items over bbox" in result.stdout + result.stderr
     assert not (tmp_path / "data" / "items").exists()
+
+
+def test_change_maps_are_cogs_on_each_stack_grid(demo_run) -> None:
+    data = demo_run[0] / "data"
+    stacks = sorted((data / "stacks").glob("*/*.zarr"))
+    assert len(list((data / "embeddings").glob("*/*.zarr"))) == len(stacks) == 4
+    for path in stacks:
+        stack = open_stack(path)
+        maps = data / "change_maps" / path.parent.name / path.stem
+        cogs = sorted(maps.glob("*.tif"))
+        assert len(cogs) == 2 * (stack.sizes["time"] - 1) > 0  # a score and a mask per pair
+        assert (maps / "preview.png").exists()
+        for cog in cogs:
+            raster = rioxarray.open_rasterio(cog)
+            assert raster.rio.crs.to_string() == stack.attrs["crs"]
+            assert tuple(raster.rio.transform())[:6] == tuple(stack.attrs["transform"])
+            assert raster.shape[-2:] == (stack.sizes["y"], stack.sizes["x"])
