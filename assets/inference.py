@@ -34,6 +34,7 @@ from matter_model.inference import (
     default_device,
     embed_dates,
 )
+from pipelines.dates import stack_dates
 from pipelines.stack_store import open_stack
 
 GROUP = "inference"
@@ -57,8 +58,27 @@ class ChangeMapConfig(dg.Config):
     cloud_margin_px: int = 3  # invalid pixels grown by this much: cloud edges escape the SCL
 
 
-def _dates(ds: xr.Dataset) -> list[str]:
-    return [str(t)[:10] for t in ds.time.values.astype("datetime64[D]")]
+def create_embeddings(
+    stack: xr.Dataset, path: Path, features: int, tile: int, attrs: dict[str, Any]
+) -> zarr.Array:
+    """An empty float16 ``embedding (time, feature, y, x)`` zarr with the stack's coordinates,
+    ``crs`` and ``transform`` (in chunks of one date and ``tile`` px), to be filled tile by tile."""
+    shape = (stack.sizes["time"], features, stack.sizes["y"], stack.sizes["x"])
+    chunks = (1, features, min(tile, shape[2]), min(tile, shape[3]))
+    template = xr.Dataset(
+        {EMBEDDING: (("time", "feature", "y", "x"), da.zeros(shape, dtype=np.float16))},
+        coords={"time": stack.time, "y": stack.y, "x": stack.x},
+        attrs={**{k: stack.attrs[k] for k in ("crs", "transform", "region")}, **attrs},
+    )
+    template.to_zarr(
+        path,
+        mode="w",
+        zarr_format=3,
+        consolidated=False,
+        compute=False,  # metadata and coordinates only; the tiles come one by one
+        encoding={EMBEDDING: {"chunks": chunks, "_FillValue": None}},
+    )
+    return zarr.open_group(path, mode="r+", zarr_format=3)[EMBEDDING]
 
 
 def write_embeddings(
@@ -73,31 +93,13 @@ def write_embeddings(
     coordinates and ``crs`` / ``transform``, written atomically one tile at a time."""
     reflectance = stack.reflectance.sel(band=list(model_config["bands"])).data
     window, output = CONFIG.evaluation.window, CONFIG.evaluation.features
-    chunks = (min(settings.tile, stack.sizes["y"]), min(settings.tile, stack.sizes["x"]))
     with atomic_directory(path) as tmp:
         target: list[zarr.Array] = []
 
         def write(date: int, rows: slice, cols: slice, block: np.ndarray) -> None:
             if not target:  # the feature count is known from the first tile
-                shape = (stack.sizes["time"], block.shape[0], stack.sizes["y"], stack.sizes["x"])
-                template = xr.Dataset(
-                    {EMBEDDING: (("time", "feature", "y", "x"), da.zeros(shape, dtype=np.float16))},
-                    coords={"time": stack.time, "y": stack.y, "x": stack.x},
-                    attrs={
-                        **{k: stack.attrs[k] for k in ("crs", "transform", "region")},
-                        "window": window,
-                        "output": output,
-                    },
-                )
-                template.to_zarr(
-                    tmp,
-                    mode="w",
-                    zarr_format=3,
-                    consolidated=False,
-                    compute=False,
-                    encoding={EMBEDDING: {"chunks": (1, shape[1], *chunks), "_FillValue": None}},
-                )
-                target.append(zarr.open_group(tmp, mode="r+", zarr_format=3)[EMBEDDING])
+                attrs = {"window": window, "output": output}
+                target.append(create_embeddings(stack, tmp, len(block), settings.tile, attrs))
             target[0][date, :, rows, cols] = block.astype(np.float16)
 
         embed_dates(
@@ -136,7 +138,7 @@ def write_change_maps(
     and ``<d0>_<d1>_change.tif`` (uint8: 1 changed, 0 not, 255 invalid), plus ``preview.png``;
     the folder is replaced atomically. Returns one summary per pair."""
     sigma = CONFIG.evaluation.sigma
-    dates = _dates(stack)
+    dates = stack_dates(stack)
     features = embeddings[EMBEDDING].data
     step = -(-max(stack.sizes["y"], stack.sizes["x"]) // PREVIEW_PX)
     panels, pairs = [], []
@@ -188,7 +190,7 @@ def material_embeddings(
     nbytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return dg.MaterializeResult(
         metadata={
-            "dates": _dates(written),
+            "dates": stack_dates(written),
             "features": written.sizes["feature"],
             "output": written.attrs["output"],
             "window": written.attrs["window"],
