@@ -7,6 +7,7 @@ smoothing are evaluation's (``evaluation`` in the project config), so the maps a
 evaluation scores.
 """
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ from matter_model.inference import (
 )
 from pipelines.dates import stack_dates
 from pipelines.stack_store import open_stack
+
+logger = logging.getLogger(__name__)
 
 GROUP = "inference"
 EMBEDDING = "embedding"
@@ -158,7 +161,10 @@ def write_change_maps(
             coded = np.where(valid, mask, MASK_NODATA).astype(np.uint8)
             write_cog(coded, stack, tmp / f"{name}_change.tif", MASK_NODATA, "nearest")
             share = float(mask.sum() / max(valid.sum(), 1))
-            pairs.append({"pair": name, "threshold": threshold, "changed_share": share})
+            if not valid.any():
+                logger.warning("%s: no pixel valid at both dates, nothing marked changed", name)
+            threshold_or_none = threshold if np.isfinite(threshold) else None  # JSON has no NaN
+            pairs.append({"pair": name, "threshold": threshold_or_none, "changed_share": share})
             panels += [
                 (f"{name} score", np.where(valid, score, np.nan)[::step, ::step]),
                 (f"changed {share:.1%}", np.where(valid, mask, 0.5)[::step, ::step]),

@@ -302,9 +302,12 @@ def change_mask(
     bins: int = DEFAULT_BINS,
 ) -> tuple[np.ndarray, float]:
     """Change = score above ``threshold`` (Otsu's over the valid pixels when None), on valid
-    pixels only; returns the mask and the threshold used."""
+    pixels only; returns the mask and the threshold used (NaN for Otsu's when no pixel is
+    valid, as under a cloud that covers the pair: then nothing is changed)."""
     valid = valid & np.isfinite(score)
     if threshold is None:
+        if not valid.any():
+            return np.zeros_like(valid), float("nan")
         threshold = otsu_threshold(score[valid], bins=bins)
     return (score > threshold) & valid, float(threshold)
 

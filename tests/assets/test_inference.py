@@ -68,3 +68,23 @@ def test_change_map_cogs_have_overviews_and_the_grid(tmp_path: Path) -> None:
         assert cog.crs.to_epsg() == 32631
         assert tuple(cog.transform)[:6] == tuple(like.attrs["transform"])
         np.testing.assert_array_equal(cog.read(1), values)
+
+
+def test_a_pair_under_cloud_gives_an_empty_change_map(tmp_path: Path) -> None:
+    store = DataStore(root=str(tmp_path))
+    stack = synthetic_stack(size=48, dates=2)
+    stack["valid"][1] = False
+    stack["reflectance"][1] = np.nan
+    write_stack(stack, store.stack("beauce", "2024-04-01"))
+    tiny_checkpoint(store.model_dir / "checkpoint.pt")
+    result = dg.materialize(
+        [material_embeddings, change_maps], partition_key=PARTITION, resources={"store": store}
+    )
+    assert result.success
+    metadata = result.asset_materializations_for_node("change_maps")[0].metadata
+    assert metadata["changed_share"].value == {"2024-05-10_2024-05-15": 0.0}
+    assert metadata["thresholds"].value == {"2024-05-10_2024-05-15": None}
+    with rasterio.open(
+        store.change_maps("beauce", "2024-04-01") / "2024-05-10_2024-05-15_change.tif"
+    ) as mask:
+        assert (mask.read(1) == 255).all()

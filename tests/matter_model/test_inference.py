@@ -177,3 +177,8 @@ def test_change_score_and_mask_are_those_of_detect_changes() -> None:
     fixed, used = change_mask(score, valid, threshold=0.5)
     assert used == 0.5
     np.testing.assert_array_equal(fixed, (score > 0.5) & valid)
+
+
+def test_a_pair_without_a_valid_pixel_has_no_change() -> None:
+    mask, threshold = change_mask(np.ones((4, 5), np.float32), np.zeros((4, 5), bool))
+    assert not mask.any() and np.isnan(threshold)
