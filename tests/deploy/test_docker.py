@@ -58,6 +58,26 @@ def test_images_run_as_a_non_root_user_from_a_pinned_base() -> None:
         assert users and users[-1].split(":")[0] not in ("0", "root"), dockerfile
 
 
+def _final_stage(dockerfile: str) -> list[str]:
+    """The instructions of the image's last stage, one logical line each (``\\`` joined)."""
+    text = (DOCKER / dockerfile).read_text().replace("\\\n", " ")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    last_from = max(i for i, ln in enumerate(lines) if ln.upper().startswith("FROM "))
+    return lines[last_from:]
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.train"])
+def test_the_user_switch_comes_after_every_install_and_is_never_undone(dockerfile: str) -> None:
+    stage = _final_stage(dockerfile)
+    keywords = [ln.split()[0].upper() for ln in stage]
+    assert "USER" in keywords, f"{dockerfile}: its final stage has no USER directive"
+    user_at = keywords.index("USER")
+    runs_after = [ln for ln in stage[user_at:] if ln.upper().startswith("RUN ")]
+    assert not runs_after, f"{dockerfile}: RUN after USER (installs must run before): {runs_after}"
+    users = [ln.split()[1].split(":")[0] for ln in stage if ln.upper().startswith("USER ")]
+    assert not {"0", "root"} & set(users), f"{dockerfile}: switches back to root: {users}"
+
+
 def test_compose_starts_postgres_code_location_webserver_and_daemon() -> None:
     services = _compose()["services"]
     assert set(services) == {"postgres", "code-location", "webserver", "daemon"}
@@ -104,6 +124,26 @@ def test_compose_takes_every_secret_from_the_environment_and_requires_the_passwo
         for key, value in (service.get("environment") or {}).items():
             if re.search(r"PASSWORD|KEY|SECRET|TOKEN", key):
                 assert INTERPOLATION.fullmatch(str(value)), f"{key} is written in the file"
+
+
+def test_compose_has_no_default_secret_values() -> None:
+    """A secret is required (``${VAR:?message}``) or optional and empty, never defaulted."""
+    text = (DOCKER / "compose.yaml").read_text()
+    for name, kind, default in INTERPOLATION.findall(text):
+        if re.search(r"PASSWORD|SECRET", name):
+            assert kind == "?", f"${{{name}}} must be required with ${{{name}:?message}}"
+        if re.search(r"PASSWORD|KEY|SECRET|TOKEN", name) and kind == "-":
+            assert default == "", f"${{{name}}} has the default value {default!r}: remove it"
+
+
+def test_compose_publishes_no_database_port_and_binds_others_to_loopback() -> None:
+    services = _compose()["services"]
+    assert "ports" not in services["postgres"], "PostgreSQL's port must not be published"
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            spec = port if isinstance(port, str) else f"{port.get('host_ip', '')}:"
+            assert spec.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+            assert not spec.endswith(":5432"), f"{name} publishes PostgreSQL's port"
 
 
 def _canonical(name: str) -> str:
