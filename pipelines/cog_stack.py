@@ -24,6 +24,7 @@ from pipelines.bands import SCL, SCL_INVALID_DEFAULT
 from pipelines.blocks import as_blocks
 from pipelines.dates import item_date
 from pipelines.grid import Grid
+from pipelines.redact import redact_urls
 from pipelines.stac.items import asset_path, reflectance_offset
 
 L2A_SCALE = 1e-4  # DN to reflectance, before the baseline's offset
@@ -129,7 +130,7 @@ def _open_on_grid(path: str, grid: Grid, threads: int) -> _Source:
     try:
         dataset = rasterio.open(path, NUM_THREADS=str(threads))
     except rasterio.RasterioIOError as err:
-        raise CogStackError(f"cannot open {path}: {err}") from None
+        raise CogStackError(f"cannot open {redact_urls(path)}: {redact_urls(err)}") from None
     t: Affine = dataset.transform
     factor = t.a / grid.transform.a
     rows = (grid.transform.f - t.f) / grid.transform.e
@@ -150,7 +151,7 @@ def _open_on_grid(path: str, grid: Grid, threads: int) -> _Source:
     if reason:
         dataset.close()
         raise CogStackError(
-            f"{path} is not on the tile grid ({reason}); co-register the dates first "
+            f"{redact_urls(path)} is not on the tile grid ({reason}); co-register the dates first "
             "(the `coregistered_stack` asset) and tile the stack instead"
         )
     return _Source(dataset, round(factor), round(rows), round(cols))

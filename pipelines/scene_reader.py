@@ -18,6 +18,7 @@ from rasterio.windows import Window
 
 from pipelines.bands import SCL, asset_key
 from pipelines.grid import CoregistrationError, Grid, block_windows
+from pipelines.redact import redact_urls
 from pipelines.stac.items import asset_path, reflectance_offset
 
 
@@ -46,8 +47,8 @@ def read_asset(
             return vrt.read(1, window=window), src.nodata
     except rasterio.RasterioIOError as err:
         raise CoregistrationError(
-            f"cannot read {path}: {err}. Check the asset href, or map it to a local mirror with "
-            "`href_rewrites` in the config."
+            f"cannot read {redact_urls(path)}: {redact_urls(err)}. Check the asset href, or map "
+            "it to a local mirror with `href_rewrites` in the config."
         ) from None
 
 

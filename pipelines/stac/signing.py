@@ -21,6 +21,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 import planetary_computer
 import requests
 
+from pipelines.redact import redact_urls
+
 PLANETARY_COMPUTER_HOST = "planetarycomputer.microsoft.com"
 BLOB_STORAGE_SUFFIX = ".blob.core.windows.net"
 SUBSCRIPTION_KEY_ENV = "PC_SDK_SUBSCRIPTION_KEY"
@@ -67,8 +69,8 @@ def sign_href(href: str) -> str:
         return planetary_computer.sign_url(unsigned(href))
     except requests.RequestException as err:
         raise SigningError(
-            f"cannot get a Planetary Computer SAS token for {href.split('?')[0]} "
-            f"({type(err).__name__}: {err}). Check the network; on HTTP 429 set "
+            f"cannot get a Planetary Computer SAS token for {redact_urls(href)} "
+            f"({type(err).__name__}: {redact_urls(err)}). Check the network; on HTTP 429 set "
             f"{SUBSCRIPTION_KEY_ENV} to a Planetary Computer subscription key."
         ) from None
 

@@ -146,6 +146,23 @@ def test_a_refused_token_gives_a_clear_error(
     assert "403" in str(failure.value) and B04 in str(failure.value)
 
 
+def test_a_refused_token_names_neither_the_old_token_nor_the_key(
+    tokens: TokenServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stale = sign_href(B04)  # sig=token1
+    tokens.status = 403
+    monkeypatch.setattr(planetary_computer.sas, "TOKEN_CACHE", {})
+    monkeypatch.setattr(
+        planetary_computer.sas, "get_token", _no_retries(planetary_computer.sas.get_token)
+    )
+    monkeypatch.setenv("PC_SDK_SUBSCRIPTION_KEY", "fake-subscription-key")
+    with pytest.raises(SigningError) as failure:
+        sign_href(stale)
+    message = str(failure.value)
+    assert B04 in message and "sig=token1" not in message
+    assert "fake-subscription-key" not in message
+
+
 def _no_retries(get_token: Callable[..., SASToken]) -> Callable[[str, str], SASToken]:
     """The token fetch without its ten backed-off retries, so a refusal fails at once."""
     return lambda account, container: get_token(account, container, retry_total=0)
