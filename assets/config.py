@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from matter_model.bands import MATTER_BANDS
 from pipelines import tiling
 from pipelines.coregistration import DEFAULT_CHUNK_PX, DEFAULT_SAMPLE_PX
+from pipelines.stac.hrefs import check_host_pattern
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 # The trainer's full key set: `training.overrides` may set any of these, and nothing else.
@@ -79,6 +80,14 @@ class StacSettings(Section):
     collection: str = "sentinel-2-l2a"
     max_cloud_cover: Annotated[float, Field(ge=0.0, le=100.0)] = 100.0
     href_rewrites: tuple[tuple[str, str], ...] = ()
+    # Hosts asset hrefs may use besides the endpoint's own (pipelines.stac.hrefs): a name or
+    # `*.domain`; unset, the endpoint's known asset hosts. Local paths only for a local endpoint.
+    asset_hosts: tuple[str, ...] | None = None
+
+    @field_validator("asset_hosts")
+    @classmethod
+    def _host_patterns(cls, hosts: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return hosts if hosts is None else tuple(check_host_pattern(h) for h in hosts)
 
 
 class TimeWindows(Section):

@@ -5,6 +5,7 @@ import json
 import dagster as dg
 import numpy as np
 
+from assets.config import endpoint_url
 from assets.dask_resource import DaskCluster
 from assets.partitions import CONFIG, REGION_WINDOWS, region_window
 from assets.previews import figure_png, png_metadata, true_colour
@@ -14,10 +15,17 @@ from pipelines.coregistration import coregister
 from pipelines.dates import item_date, stack_dates
 from pipelines.grid import region_grid, utm_epsg
 from pipelines.stac import StacSearchError, item_mgrs_tile, search_items
-from pipelines.stac.items import split_usable
+from pipelines.stac.hrefs import HrefPolicy
+from pipelines.stac.items import check_asset_hrefs, split_usable
 from pipelines.stack_store import open_stack, write_stack
 
 GROUP = "imagery"
+
+
+def href_policy(endpoint: str) -> HrefPolicy:
+    """Where the asset hrefs of ``endpoint``'s items may point: its hosts, the configured
+    ``stac.asset_hosts`` and ``href_rewrites``; local files only for a local endpoint."""
+    return HrefPolicy.for_endpoint(endpoint, CONFIG.stac.asset_hosts, CONFIG.stac.href_rewrites)
 
 
 @dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, kinds={"stac"})
@@ -34,6 +42,7 @@ def stac_items(
     request = stac.request(region, part.start, part.end)
     found = search_items(request)
     items, skipped = split_usable(found)
+    check_asset_hrefs(items, href_policy(stac.url))  # before anything is written or read
     reasons = {s.item_id: s.reason for s in skipped}
     if not items:
         raise StacSearchError(
@@ -69,6 +78,7 @@ def coregistered_stack(
     part = region_window(context)
     region = CONFIG.region(part.region)
     items = json.loads(store.items(part.region, part.window).read_text())["features"]
+    check_asset_hrefs(items, href_policy(endpoint_url(CONFIG.stac.endpoint)))
     # The UTM zone of the region's centre, whatever zones its items come in: every partition
     # of a region then shares one grid.
     lon0, lat0, lon1, lat1 = region.bbox

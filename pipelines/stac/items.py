@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pipelines.bands import SCL, SPECTRAL_BANDS, asset_key
 from pipelines.dates import item_date
 from pipelines.grid import CoregistrationError
+from pipelines.stac.hrefs import HrefPolicy
 from pipelines.stac.signing import resolve_href
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,36 @@ def reflectance_offset(item: dict) -> float:
     return BOA_OFFSET if (major, minor) >= BASELINE_WITH_OFFSET else 0.0
 
 
-def asset_path(item: dict, name: str, href_rewrites: Sequence[tuple[str, str]] = ()) -> str:
-    """The href of band ``name``'s asset, through :func:`~pipelines.stac.signing.resolve_href`."""
-    return resolve_href(item["assets"][asset_key(item, name)]["href"], href_rewrites)
+def band_href(item: dict, name: str, policy: HrefPolicy | None = None) -> str:
+    """The raw href of band ``name``'s asset; with a ``policy``, refused if it lies outside."""
+    key = asset_key(item, name)
+    href = item["assets"][key]["href"]
+    if policy is not None:
+        policy.check(href, f"asset {key!r} of item {item.get('id')}")
+    return href
+
+
+def asset_path(
+    item: dict,
+    name: str,
+    href_rewrites: Sequence[tuple[str, str]] = (),
+    policy: HrefPolicy | None = None,
+) -> str:
+    """The href of band ``name``'s asset, through :func:`~pipelines.stac.signing.resolve_href`;
+    with a ``policy``, an href outside it is refused first (nothing is read)."""
+    return resolve_href(band_href(item, name, policy), href_rewrites)
+
+
+def check_asset_hrefs(
+    items: Iterable[dict], policy: HrefPolicy, bands: Sequence[str] = REQUIRED_BANDS_DEFAULT
+) -> None:
+    """Refuse the items if a band asset the pipeline will read lies outside ``policy``.
+
+    Called where items enter the pipeline, so a bad href fails the step before any read.
+    """
+    for item in items:
+        for name in bands:
+            band_href(item, name, policy)
 
 
 def scenes_by_date(items: Sequence[dict]) -> dict[str, list[dict]]:

@@ -22,6 +22,7 @@ import planetary_computer
 import requests
 
 from pipelines.redact import redact_urls
+from pipelines.stac.hrefs import HrefPolicy
 
 PLANETARY_COMPUTER_HOST = "planetarycomputer.microsoft.com"
 BLOB_STORAGE_SUFFIX = ".blob.core.windows.net"
@@ -84,13 +85,17 @@ def resolve_href(
     href: str,
     href_rewrites: Sequence[tuple[str, str]] = (),
     sign: HrefSigner = refresh_signature,
+    policy: HrefPolicy | None = None,
 ) -> str:
     """Apply the first matching (prefix, replacement) rewrite, then turn ``file://`` into a path.
 
     Rewrites map cloud hrefs to a local mirror or cache (``https://bucket/...`` -> ``/mirror/...``),
     dropping a SAS token on the way. An href still in the cloud goes through ``sign`` just before
-    the read: by default an expiring Planetary Computer signature is renewed.
+    the read: by default an expiring Planetary Computer signature is renewed. With a ``policy``,
+    an href outside it is refused first (:class:`~pipelines.stac.hrefs.UntrustedHrefError`).
     """
+    if policy is not None:
+        policy.check(href)
     for prefix, replacement in href_rewrites:
         if href.startswith(prefix):
             href = replacement + unsigned(href)[len(prefix) :]

@@ -113,6 +113,10 @@ def test_defaults_fill_what_a_file_leaves_out() -> None:
         ),
         ({"time_windows": {"start": "April"}}, r"time_windows\.start: .*date"),
         ({"stac": {"max_cloud_cover": 120}}, r"stac\.max_cloud_cover: .*100"),
+        (
+            {"stac": {"asset_hosts": ["https://x.org"]}},
+            r"stac\.asset_hosts: asset host .*host name",
+        ),
         ({"training": {"launcher": "slurm"}}, r"training\.launcher: .*'subprocess'"),
         (
             {"training": {"overrides": {"temprature": 0.1}}},

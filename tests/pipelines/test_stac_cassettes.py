@@ -21,7 +21,8 @@ import yaml
 
 from pipelines.bands import asset_key
 from pipelines.stac import SearchRequest, item_mgrs_tile, search_items
-from pipelines.stac.items import BOA_OFFSET, reflectance_offset, split_usable
+from pipelines.stac.hrefs import HrefPolicy
+from pipelines.stac.items import BOA_OFFSET, check_asset_hrefs, reflectance_offset, split_usable
 from pipelines.stac.search import open_client, server_filters
 from pipelines.stac.signing import is_sas_signed
 
@@ -128,6 +129,7 @@ def test_planetary_computer_datetime_search_gives_33_signed_items(replay, sas_to
         assert reflectance_offset(item) == 0.0  # baseline 02.12: before the offset
     usable, skipped = split_usable(items)
     assert (len(usable), skipped) == (33, [])
+    check_asset_hrefs(usable, HrefPolicy.for_endpoint(PC))  # signed blob hrefs are allowed
     assert {item_mgrs_tile(it) for it in items} >= {"60VUK", "59VPE", "58UFE"}
 
 
@@ -151,6 +153,7 @@ def test_earth_search_multi_collection_search_keeps_s2_and_skips_landsat(replay)
     usable, skipped = split_usable(items)
     assert [it["id"] for it in usable] == ["S2A_13TDE_20231008_0_L2A"]
     assert [s.item_id for s in skipped] == ["LC08_L2SP_033032_20231008_02_T1"]
+    check_asset_hrefs(usable, HrefPolicy.for_endpoint(EARTH_SEARCH))
     # Landsat shares Earth Search's common names (red, nir08, swir16): only the red-edge bands,
     # B08, B09, the SCL and the processing baseline tell it apart.
     assert skipped[0].reason.startswith("no asset for bands B05, B06, B07, B08, B09, SCL; ")
@@ -194,6 +197,7 @@ def test_cloud_filtered_search_pages_by_next_token_and_drops_what_the_server_let
         s.item_id for s in skipped
     }
     assert all(s.reason == "no asset for bands SCL" for s in skipped)
+    check_asset_hrefs(usable, HrefPolicy.for_endpoint(EARTH_SEARCH))
 
 
 def test_planetary_computer_pages_by_token_up_to_max_items(replay, real_data, sas_tokens) -> None:
