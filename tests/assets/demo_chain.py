@@ -21,6 +21,15 @@ from pipelines.demo_world import TINY_SPEC, generate_demo_world
 from pipelines.stac.server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+# Fake values of every secret the deployment passes in the environment: the session's demo run
+# gets them, and tests/assets/test_secrets.py checks that none shows in anything the run wrote.
+FAKE_SECRETS = {
+    "PC_SDK_SUBSCRIPTION_KEY": "fake-pc-key-9c41e7b2d0a3",
+    "AWS_ACCESS_KEY_ID": "AKIAFAKE9C41E7B2D0A3",
+    "AWS_SECRET_ACCESS_KEY": "fake-aws-secret-5b8f2e61c7d4/9a0e",
+    "AWS_SESSION_TOKEN": "fake-aws-session-token-3e7d1c9b5a28",
+    "DAGSTER_PG_PASSWORD": "fake-pg-password-6a2f8d4c0e17",
+}
 
 
 def tiny_config(tmp: Path, **changes) -> Path:
@@ -50,10 +59,18 @@ def tiny_config(tmp: Path, **changes) -> Path:
     return path
 
 
-def run_in(args: list[str], config: Path, tmp: Path) -> subprocess.CompletedProcess:
+def run_in(
+    args: list[str], config: Path, tmp: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``args`` with the config and a Dagster home under ``tmp``, plus ``extra_env``."""
     home = tmp / "dagster_home"
     home.mkdir(exist_ok=True)
-    env = {**os.environ, "MATTER_CONFIG": str(config), "DAGSTER_HOME": str(home)}
+    env = {
+        **os.environ,
+        **(extra_env or {}),
+        "MATTER_CONFIG": str(config),
+        "DAGSTER_HOME": str(home),
+    }
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
