@@ -1,4 +1,4 @@
-"""Secret query parameters of signed URLs never reach a message: the redaction helper, and the
+"""Secret query parameters of signed URLs never reach a message: the redaction function, and the
 errors of the readers that quote an href (no network: the signed URLs point at missing files)."""
 
 from __future__ import annotations
