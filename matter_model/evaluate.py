@@ -17,13 +17,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from matter_model.atomic_io import atomic_write_text
+from matter_model.logs import configure_cli_logging
+
+# Named, not __name__: under `python -m matter_model.evaluate` that is "__main__".
+logger = logging.getLogger("matter_model.evaluate")
 
 TASKS: dict[str, str] = {
     "oscd": "matter_model.downstream.oscd",
@@ -64,7 +69,6 @@ def load_task(name: str) -> ModuleType:
 
 def resolve_checkpoint(
     checkpoint: Path | None,
-    log: Callable[[str], None] = print,
     candidates: Sequence[tuple[str, str]] = LOCAL_CHECKPOINTS,
     root: Path = REPO,
 ) -> Path:
@@ -76,7 +80,7 @@ def resolve_checkpoint(
     for relative, origin in candidates:
         path = root / relative
         if path.is_file():
-            log(f"no --checkpoint given: using {path} from {origin}")
+            logger.info("no --checkpoint given: using %s from %s", path, origin)
             return path
     looked = ", ".join(relative for relative, _ in candidates)
     raise EvaluationError(
@@ -99,7 +103,7 @@ def build_parser(task: str, module: ModuleType) -> argparse.ArgumentParser:
     return parser
 
 
-def evaluate(argv: Sequence[str], log: Callable[[str], None] = print) -> dict[str, Any]:
+def evaluate(argv: Sequence[str]) -> dict[str, Any]:
     """Run the task that ``argv`` names and write its metrics; return them."""
     if not argv or argv[0] in ("-h", "--help"):
         raise EvaluationError(
@@ -107,10 +111,10 @@ def evaluate(argv: Sequence[str], log: Callable[[str], None] = print) -> dict[st
         )
     module = load_task(argv[0])
     args = build_parser(argv[0], module).parse_args(list(argv[1:]))
-    args.checkpoint = resolve_checkpoint(args.checkpoint, log)
+    args.checkpoint = resolve_checkpoint(args.checkpoint)
     metrics = module.run(args)
     atomic_write_text(args.out, json.dumps(metrics, indent=2))
-    log(f"metrics written to {args.out}")
+    logger.info("metrics written to %s", args.out)
     return metrics
 
 
@@ -118,8 +122,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """The command line (see the module docstring); errors end it with status 1."""
     from matter_model.checkpoint import CheckpointError  # torch: only once a task runs
 
+    configure_cli_logging()
     try:
-        evaluate(sys.argv[1:] if argv is None else argv, log=lambda m: print(m, flush=True))
+        evaluate(sys.argv[1:] if argv is None else argv)
     except (EvaluationError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from exc

@@ -20,8 +20,8 @@ the test scores kept for AP (patches x classes floats).
 from __future__ import annotations
 
 import argparse
+import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ from matter_model.downstream.encoder import (
 from matter_model.inputs import input_normalizer
 from matter_model.matter import Matter
 from matter_model.metrics import average_precision
+
+logger = logging.getLogger(__name__)
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
@@ -113,13 +115,15 @@ def _bands(args: argparse.Namespace, model: Matter, source: str) -> tuple[str, .
     return bands
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train the probe or fine-tune on ``--train-split``, score ``--test-split``: the metrics."""
     device = torch.device(args.device)
     model, config, source = load_encoder(args.checkpoint, device, args.seed, args.untrained)
     bands = _bands(args, model, source)
     window = args.window or int(config.get("subpatch", 7))
-    log(f"bigearthnet: {source}, bands {list(bands)}, mode {args.mode}, window {window}")
+    logger.info(
+        "bigearthnet: %s, bands %s, mode %s, window %d", source, list(bands), args.mode, window
+    )
 
     def dataset(split: str) -> BigEarthNet:
         return BigEarthNet(
@@ -130,7 +134,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     overlap = set(train_set.patches) & set(test_set.patches)
     if overlap:
         raise ValueError(f"{len(overlap)} patches are in both splits, e.g. {sorted(overlap)[0]}")
-    log(f"{len(train_set)} {args.train_split} patches, {len(test_set)} {args.test_split} patches")
+    logger.info(
+        "%d %s patches, %d %s patches",
+        len(train_set),
+        args.train_split,
+        len(test_set),
+        args.test_split,
+    )
 
     torch.manual_seed(args.seed)
     classifier = PooledLinear(model, len(train_set.classes), window).to(device)
@@ -162,7 +172,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             return F.binary_cross_entropy_with_logits(classifier(x), y)
 
     losses, _, train_seconds = train_epochs(
-        classifier.parameters(), batches, step_loss, args.epochs, args.lr, log
+        classifier.parameters(), batches, step_loss, args.epochs, args.lr
     )
     classifier.eval()
     start = time.perf_counter()

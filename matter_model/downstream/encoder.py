@@ -7,6 +7,7 @@ network from random initialisation), expose the same dense features and train th
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -18,6 +19,8 @@ from torch import nn
 from matter_model.checkpoint import build_model, load_checkpoint, load_model, model_config
 from matter_model.matter import Matter
 from matter_model.train import load_config
+
+logger = logging.getLogger(__name__)
 
 MODES = ("linear", "finetune")
 
@@ -105,7 +108,6 @@ def train_epochs(
     step_loss: Callable[[Any], torch.Tensor],
     epochs: int,
     lr: float,
-    log: Callable[[str], None] = print,
 ) -> tuple[list[float], int, float]:
     """Adam over ``epochs`` passes of ``batches()``; ``step_loss(batch)`` returns the loss.
 
@@ -126,7 +128,7 @@ def train_epochs(
             size = len(batch[0])
             total, count, seen = total + loss.item() * size, count + size, seen + size
         losses.append(total / max(count, 1))
-        log(f"epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
+        logger.info("epoch %d/%d: loss %.4f", epoch + 1, epochs, losses[-1])
     return losses, seen, time.perf_counter() - start
 
 

@@ -18,7 +18,8 @@ Fine-tuned change detection is the ``oscd-finetune`` task (:mod:`.oscd_finetune`
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ from matter_model.tiled_protocol import (
     evaluate_tiled,
     tile_bands,
 )
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 13  # the authors' feature window for change maps
 METHODS = ("matter", "untrained", "cva")
@@ -239,13 +242,16 @@ def protocol_of(args: argparse.Namespace) -> TiledProtocol | None:
     )
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     """Unsupervised change detection on the chosen cities; the metrics written to ``--out``."""
     protocol = protocol_of(args)
     task = setup(args)
-    log(
-        f"oscd --protocol {args.protocol}: checkpoint {args.checkpoint}, "
-        f"bands {list(task.bands)}, cities {task.cities}"
+    logger.info(
+        "oscd --protocol %s: checkpoint %s, bands %s, cities %s",
+        args.protocol,
+        args.checkpoint,
+        list(task.bands),
+        task.cities,
     )
     metrics: dict[str, Any] = {
         "task": "oscd",
@@ -287,7 +293,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             f"{protocol.tiles} tiles of {protocol.tile} px, Otsu per {protocol.otsu_batch} "
             f"tiles: {micro['tiles']} tiles, {micro['pixels']} px scored"
         )
-    log(f"oscd, protocol {args.protocol} ({scope}); micro over the cities:")
+    logger.info("oscd, protocol %s (%s); micro over the cities:", args.protocol, scope)
     for method in METHODS:
-        log(summary(method, metrics[method]["micro"], metrics[method]["macro"]))
+        logger.info("%s", summary(method, metrics[method]["micro"], metrics[method]["macro"]))
     return metrics

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -56,7 +57,7 @@ from matter_model.inputs import Normalizer, as_reflectance, input_normalizer
 from matter_model.matter import Matter
 from matter_model.metrics import ConfusionCounts, confusion_counts
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 DEFAULT_STEPS = 250
 DEFAULT_SEED_COUNT = 3
@@ -184,7 +185,6 @@ def train_siamese(
     lr: float,
     seed: int,
     device: torch.device,
-    log: Log = print,
 ) -> list[float]:
     """Train ``net`` end to end on random crops; return the loss of each step.
 
@@ -218,7 +218,7 @@ def train_siamese(
         optimizer.step()
         losses.append(loss.item())
         if (step + 1) % 50 == 0 or step + 1 == steps:
-            log(f"  step {step + 1}/{steps} loss {np.mean(losses[-50:]):.4f}")
+            logger.info("  step %d/%d loss %.4f", step + 1, steps, np.mean(losses[-50:]))
     return losses
 
 
@@ -236,7 +236,7 @@ def random_encoder(config: Mapping[str, Any], seed: int, device: torch.device) -
 
 
 def train_net(
-    encoder: Matter, train_set: Sequence[OSCDCity], args: argparse.Namespace, seed: int, log: Log
+    encoder: Matter, train_set: Sequence[OSCDCity], args: argparse.Namespace, seed: int
 ) -> tuple[SiameseChangeNet, dict[str, Any]]:
     """The Siamese head on ``encoder`` trained under ``seed``, with its F1-best threshold on the
     training cities and final loss (the mean of the last 50 steps)."""
@@ -244,7 +244,7 @@ def train_net(
     torch.manual_seed(seed)  # the same head initialisation (and any dropout) for every encoder
     net = SiameseChangeNet(encoder, args.window).to(device)
     losses = train_siamese(
-        net, train_set, args.steps, args.batch_size, args.crop, args.lr, seed, device, log
+        net, train_set, args.steps, args.batch_size, args.crop, args.lr, seed, device
     )
     threshold = best_f1_threshold(
         [net.predict(c, device) for c in train_set],
@@ -282,14 +282,13 @@ def finetune_seed(
     test_cities: Sequence[str],
     load: Callable[[str], OSCDCity],
     args: argparse.Namespace,
-    log: Log = print,
 ) -> dict[str, Any]:
     """One seed's comparison: per encoder ``per_city``, ``micro``, ``threshold`` and
     ``final_loss``; with two encoders, the ``difference`` first minus second of micro P/R/F1."""
     nets, fitted = {}, {}
     for name, make in encoders.items():
-        log(f"seed {seed}: fine-tuning the Siamese head on the {name} encoder")
-        net, fitted[name] = train_net(make(seed), train_set, args, seed, log)
+        logger.info("seed %s: fine-tuning the Siamese head on the %s encoder", seed, name)
+        net, fitted[name] = train_net(make(seed), train_set, args, seed)
         nets[name] = (net, fitted[name]["threshold"])
     scores = score(nets, test_cities, load, torch.device(args.device))
     report: dict[str, Any] = {name: {**scores[name], **fitted[name]} for name in encoders}
@@ -319,7 +318,6 @@ def finetune(
     train_cities: Sequence[str],
     test_cities: Sequence[str],
     args: argparse.Namespace,
-    log: Log = print,
     prepare: Normalizer = as_reflectance,
 ) -> dict[str, Any]:
     """Train a Siamese head on a fresh encoder of each factory of ``encoders`` for each seed,
@@ -345,8 +343,8 @@ def finetune(
     per_seed = {}
     for seed in seeds:
         started = time.perf_counter()
-        per_seed[str(seed)] = finetune_seed(encoders, seed, train_set, test_cities, load, args, log)
-        log(f"seed {seed} done in {time.perf_counter() - started:.0f} s")
+        per_seed[str(seed)] = finetune_seed(encoders, seed, train_set, test_cities, load, args)
+        logger.info("seed %s done in %.0f s", seed, time.perf_counter() - started)
     mean, std = aggregate(per_seed)
     first = per_seed[str(seeds[0])]
     return {
@@ -373,14 +371,19 @@ def mean_std_summary(name: str, mean: Mapping[str, float], std: Mapping[str, Any
     return f"  {name:22s} " + " ".join(parts)
 
 
-def run(args: argparse.Namespace, log: Log = print) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune on the checkpoint's encoder and on randomly initialised ones, for each seed;
     the metrics written to ``--out``."""
     task = setup(args)
     train_cities, test_cities = default_split(task.dataset, task.cities)
     train_cities = names(args.train_cities) or train_cities
     test_cities = names(args.test_cities) or test_cities
-    log(f"oscd-finetune: checkpoint {args.checkpoint}, train {train_cities}, test {test_cities}")
+    logger.info(
+        "oscd-finetune: checkpoint %s, train %s, test %s",
+        args.checkpoint,
+        train_cities,
+        test_cities,
+    )
     device = torch.device(args.device)
     encoders: dict[str, EncoderFactory] = {
         "matter": lambda seed: copy.deepcopy(task.model),
@@ -399,14 +402,13 @@ def run(args: argparse.Namespace, log: Log = print) -> dict[str, Any]:
             train_cities,
             test_cities,
             args,
-            log,
             input_normalizer(task.config),
         ),
     }
     for seed, report in metrics["per_seed"].items():
         for name in encoders:
-            log(summary(f"seed {seed} {name}", report[name]["micro"]))
-    log(f"fine-tuned, micro over {len(metrics['seeds'])} seeds (mean ± std):")
+            logger.info("%s", summary(f"seed {seed} {name}", report[name]["micro"]))
+    logger.info("fine-tuned, micro over %d seeds (mean ± std):", len(metrics["seeds"]))
     for name in [*encoders, "difference"]:
-        log(mean_std_summary(name, metrics["mean"][name], metrics["std"][name]))
+        logger.info("%s", mean_std_summary(name, metrics["mean"][name], metrics["std"][name]))
     return metrics

@@ -26,9 +26,9 @@ held out. Scores on a handful of tiles say that the code runs, not how good the 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,8 @@ from matter_model.downstream.encoder import (
 )
 from matter_model.matter import Matter
 from matter_model.metrics import MatchCounts
+
+logger = logging.getLogger(__name__)
 
 
 class SegmentationHead(nn.Module):
@@ -117,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.25)
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train the head (and the encoder with ``finetune``), score held-out tiles: the metrics."""
     device = torch.device(args.device)
     root = Path(args.root)
@@ -134,10 +136,15 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     adapt_input_bands(model, chip_bands)
     torch.manual_seed(args.seed)
     segmenter = SegmentationHead(model, window, args.scale).to(device)
-    log(
-        f"spacenet: {source} ({len(pretrained_bands)} bands -> {len(chip_bands)}), mode "
-        f"{args.mode}, {len(dataset.chips)} chips, {len(train_idx)} train / {len(test_idx)} "
-        "test tiles"
+    logger.info(
+        "spacenet: %s (%d bands -> %d), mode %s, %d chips, %d train / %d test tiles",
+        source,
+        len(pretrained_bands),
+        len(chip_bands),
+        args.mode,
+        len(dataset.chips),
+        len(train_idx),
+        len(test_idx),
     )
 
     loaders = {"batch_size": args.batch_size, "num_workers": args.workers}
@@ -151,7 +158,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
 
     segmenter.head.train()
     losses, seen, train_seconds = train_epochs(
-        segmenter.parameters(), batches, step_loss, args.epochs, args.lr, log
+        segmenter.parameters(), batches, step_loss, args.epochs, args.lr
     )
 
     segmenter.eval()

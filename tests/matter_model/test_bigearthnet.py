@@ -239,6 +239,6 @@ def test_command_line_writes_the_metrics(fixture_root: Path, tmp_path: Path) -> 
     checkpoint = write_tiny_checkpoint(tmp_path / "tiny.pt")
     out = tmp_path / "metrics.json"
     argv = ["bigearthnet", "--root", str(fixture_root), "--checkpoint", str(checkpoint)]
-    metrics = evaluate([*argv, "--out", str(out), "--epochs", "2", "--workers", "0"], log=print)
+    metrics = evaluate([*argv, "--out", str(out), "--epochs", "2", "--workers", "0"])
     assert json.loads(out.read_text()) == metrics
     assert metrics["model"] == f"checkpoint {checkpoint}" and metrics["test_patches"] == 2

@@ -5,6 +5,7 @@ real OSCD city."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -41,16 +42,16 @@ def test_registered_task_without_its_module_is_a_clear_error(monkeypatch) -> Non
         load_task("ghost")
 
 
-def test_checkpoint_resolution_prefers_the_first_local_one(tmp_path: Path) -> None:
+def test_checkpoint_resolution_prefers_the_first_local_one(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="matter_model.evaluate")
     candidates = (("real/checkpoint.pt", "real pretraining"), ("demo/checkpoint.pt", "demo"))
     with pytest.raises(EvaluationError, match=r"no local checkpoint.*make oscd-pretrain"):
         resolve_checkpoint(None, candidates=candidates, root=tmp_path)
     tiny_checkpoint(tmp_path / "demo" / "checkpoint.pt")
-    said: list[str] = []
-    found = resolve_checkpoint(None, said.append, candidates, tmp_path)
-    assert found == tmp_path / "demo" / "checkpoint.pt" and "from demo" in said[0]
+    found = resolve_checkpoint(None, candidates, tmp_path)
+    assert found == tmp_path / "demo" / "checkpoint.pt" and "from demo" in caplog.messages[0]
     tiny_checkpoint(tmp_path / "real" / "checkpoint.pt")
-    assert resolve_checkpoint(None, said.append, candidates, tmp_path).parent.name == "real"
+    assert resolve_checkpoint(None, candidates, tmp_path).parent.name == "real"
     with pytest.raises(EvaluationError, match="--checkpoint .*missing.pt does not exist"):
         resolve_checkpoint(tmp_path / "missing.pt")
 
@@ -62,7 +63,7 @@ def _argv(task: str, root: Path, checkpoint: Path, out: Path) -> list[str]:
 def test_oscd_unsupervised_metrics(release: Path, checkpoint: Path, tmp_path: Path) -> None:
     out, maps = tmp_path / "metrics.json", tmp_path / "maps"
     argv = [*_argv("oscd", release, checkpoint, out), "--window", "5", "--maps", str(maps)]
-    returned = evaluate(argv, log=lambda _: None)
+    returned = evaluate(argv)
     metrics = json.loads(out.read_text())
     assert metrics == json.loads(json.dumps(returned))
     labelled = ["alpha", "beta", "gamma"]
@@ -87,7 +88,7 @@ def test_oscd_unsupervised_metrics(release: Path, checkpoint: Path, tmp_path: Pa
 def test_oscd_finetune_metrics(release: Path, checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "metrics.json"
     argv = [*_argv("oscd-finetune", release, checkpoint, out), "--window", "5", "--steps", "4"]
-    evaluate([*argv, "--crop", "24", "--batch-size", "2", "--seeds", "0"], log=lambda _: None)
+    evaluate([*argv, "--crop", "24", "--batch-size", "2", "--seeds", "0"])
     tuned = json.loads(out.read_text())
     assert tuned["train_cities"] == ["alpha", "gamma"] and tuned["test_cities"] == ["beta"]
     for name in ("matter", "random_init"):
@@ -165,7 +166,7 @@ def test_no_task_or_unknown_task(capsys) -> None:
 )
 def test_real_city_through_the_command_line(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "metrics.json"
-    evaluate([*_argv("oscd", REAL_ROOT, checkpoint, out), "--cities", "bercy"], log=lambda _: None)
+    evaluate([*_argv("oscd", REAL_ROOT, checkpoint, out), "--cities", "bercy"])
     metrics = json.loads(out.read_text())
     for method in ("matter", "cva", "untrained"):
         bercy = metrics[method]["per_city"]["bercy"]

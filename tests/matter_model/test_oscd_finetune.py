@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +23,34 @@ ENCODERS = ("matter", "random_init")
 METRICS = ("precision", "recall", "f1")
 
 
+@contextlib.contextmanager
+def _logged() -> Iterator[list[str]]:
+    """The messages the matter_model loggers emit at INFO and above meanwhile."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    logger, handler = logging.getLogger("matter_model"), Collect()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def _finetune(release: Path, checkpoint: Path, out: Path, seeds: str) -> dict[str, Any]:
-    """Run the CLI with a few steps on small crops; the JSON it wrote and what it printed."""
+    """Run the CLI with a few steps on small crops; the JSON it wrote and what it logged."""
     argv = ["oscd-finetune", "--root", str(release), "--checkpoint", str(checkpoint)]
     argv += ["--out", str(out), "--window", "5", "--steps", "3", "--crop", "24"]
     argv += ["--batch-size", "2", "--seeds", seeds]
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        evaluate(argv, log=lambda _: None)
-    return {"json": json.loads(out.read_text()), "printed": printed.getvalue().splitlines()}
+    with _logged() as logged:
+        evaluate(argv)
+    return {"json": json.loads(out.read_text()), "logged": logged}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +101,7 @@ def test_per_seed_figures_and_their_mean_and_std(two_seeds: dict) -> None:
             assert tuned["std"][entry][m] == pytest.approx(np.std(values, ddof=1))
     # The top-level entries keep a single-seed run's shape: the first seed's.
     assert all(tuned[name] == tuned["per_seed"]["0"][name] for name in ENCODERS)
-    summary = [ln.split() for ln in two_seeds["printed"] if ln.startswith("  ") and "±" in ln]
+    summary = [ln.split() for ln in two_seeds["logged"] if ln.startswith("  ") and "±" in ln]
     assert [line[0] for line in summary] == [*ENCODERS, "difference"]
     f1 = tuned["mean"]["matter"]["f1"], tuned["std"]["matter"]["f1"]
     assert summary[0][-4:] == ["F1", f"{f1[0]:.4f}", "±", f"{f1[1]:.4f}"]

@@ -5,6 +5,7 @@ naive reference, the whole protocol against a naive re-implementation, and the c
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -317,11 +318,12 @@ def _argv(release: Path, checkpoint: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_cli_authors_protocol_on_change_tiles(
-    release: Path, checkpoint: Path, tmp_path: Path, capsys
+    release: Path, checkpoint: Path, tmp_path: Path, caplog
 ) -> None:
+    caplog.set_level(logging.INFO, logger="matter_model")
     out = tmp_path / "metrics.json"
     argv = _argv(release, checkpoint, out, "--protocol", "authors", "--tiles", "change")
-    returned = evaluate([*argv, "--tile-size", "16", "--otsu-batch", "4"], log=lambda _: None)
+    returned = evaluate([*argv, "--tile-size", "16", "--otsu-batch", "4"])
     metrics = json.loads(out.read_text())
     assert metrics == json.loads(json.dumps(returned))
     assert metrics["protocol"] == "authors" and "sigma" not in metrics
@@ -350,7 +352,7 @@ def test_cli_authors_protocol_on_change_tiles(
         assert result["macro"]["auc"] == pytest.approx(np.mean([c["auc"] for c in cities]))
     # The planted change is bright in every band; a 16 px tile blurred at sigma 2.3 spreads it.
     assert metrics["cva"]["micro"]["f1"] > 0.6 and metrics["cva"]["macro"]["auc"] > 0.85
-    said = capsys.readouterr().out
+    said = caplog.text
     assert "protocol authors (change tiles of 16 px, Otsu per 4 tiles: 12 tiles" in said
 
 
