@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -41,10 +42,30 @@ def synthetic_store(root: Path, triplets: int, bands: list[str], size: int) -> P
     return root
 
 
+class _Stamps(logging.Handler):
+    """The time of each step line that training logs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.times: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("step "):
+            self.times.append(time.perf_counter())
+
+
 def train_throughput(config: dict, warmup: int) -> float:
     """Samples/s of ``train(config)`` over the steps after ``warmup``."""
-    stamps: list[float] = []
-    train(config, log=lambda _: stamps.append(time.perf_counter()))
+    logger, stamped = logging.getLogger("matter_model.train"), _Stamps()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(stamped)
+    try:
+        train(config)
+    finally:
+        logger.removeHandler(stamped)
+        logger.setLevel(level)
+    stamps = stamped.times
     timed = stamps[warmup : config["steps"]]
     return (len(timed) - 1) * config["batch_size"] / (timed[-1] - timed[0])
 

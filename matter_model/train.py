@@ -25,6 +25,7 @@ import argparse
 import copy
 import difflib
 import json
+import logging
 import os
 import sys
 import time
@@ -43,8 +44,12 @@ from torch.utils.data import DataLoader, Sampler
 from matter_model.atomic_io import atomic_write_text
 from matter_model.augment import PositiveJitter
 from matter_model.checkpoint import build_model, load_checkpoint, load_model, save_checkpoint
+from matter_model.logs import configure_cli_logging
 from matter_model.loss import sample_positions, subpatch_info_nce
 from matter_model.patch_store import ROLES, TripletDataset
+
+# Named, not __name__: under `python -m matter_model.train` that is "__main__".
+logger = logging.getLogger("matter_model.train")
 
 __all__ = ["ConfigError", "TrainingDivergedError", "load_config", "load_model", "main", "train"]
 
@@ -280,15 +285,17 @@ def _check_resumable(state: dict[str, Any], cfg: dict[str, Any], path: Path) -> 
         )
 
 
-def train(config: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Pretrain as ``config`` says (see ``configs/default.yaml``); return the run's metrics."""
+def train(config: dict[str, Any]) -> dict[str, Any]:
+    """Pretrain as ``config`` says (see ``configs/default.yaml``); return the run's metrics.
+
+    Progress goes to this module's logger (``matter_model.train``), from rank 0 only."""
     check_keys(config, _defaults())
     cfg = copy.deepcopy(config)
     if not cfg.get("patch_store"):
         raise ValueError("no patch store: set `patch_store` in the config or pass --patch-store")
     rank, world, device = _start_distributed(_device(cfg["device"]))
     try:
-        return _train(cfg, log if rank == 0 else (lambda _: None), rank, world, device)
+        return _train(cfg, rank, world, device)
     finally:
         if world > 1:
             dist.destroy_process_group()
@@ -384,7 +391,6 @@ def _check_finite(loss: torch.Tensor, step: int, checkpoint_path: Path) -> None:
 
 def _train(
     cfg: dict[str, Any],
-    log: Callable[[str], None],
     rank: int,
     world: int,
     device: torch.device,
@@ -401,7 +407,8 @@ def _train(
     start, history = 0, []
     if cfg.get("resume"):
         start, history = _resume(model, optimizer, cfg, checkpoint_path, device)
-        log(f"resumed from {checkpoint_path} at step {start}")
+        if rank == 0:
+            logger.info("resumed from %s at step %d", checkpoint_path, start)
 
     def checkpoint(step: int) -> None:
         if rank != 0:
@@ -440,9 +447,11 @@ def _train(
         optimizer.step()
         history.append(loss.item())
         now = time.perf_counter()
-        if (step + 1) % int(cfg["log_every"]) == 0 or step + 1 == steps:
+        if rank == 0 and ((step + 1) % int(cfg["log_every"]) == 0 or step + 1 == steps):
             throughput = batch_size / (now - tick)
-            log(f"step {step + 1}/{steps} loss {history[-1]:.4f} {throughput:.1f} samples/s")
+            logger.info(
+                "step %d/%d loss %.4f %.1f samples/s", step + 1, steps, history[-1], throughput
+            )
         tick = now
         if (step + 1) % int(cfg["checkpoint_every"]) == 0:
             checkpoint(step + 1)
@@ -521,34 +530,47 @@ def _parse(argv: list[str] | None) -> dict[str, Any]:
     return load_config(path, **overrides)
 
 
+class _ToPipes(logging.Handler):
+    """Forwards this module's log messages to Dagster through the Pipes session."""
+
+    def __init__(self, pipes: Any) -> None:
+        super().__init__(logging.INFO)
+        self.pipes = pipes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.pipes.log.info(record.getMessage())
+
+
 def _train_under_pipes(config: dict[str, Any]) -> None:
     """Train, with logs, failures and final metrics reported to Dagster through Pipes."""
     from dagster_pipes import open_dagster_pipes
 
     with open_dagster_pipes() as pipes:
-
-        def log(message: str) -> None:
-            print(message, flush=True)
-            pipes.log.info(message)
-
+        forward = _ToPipes(pipes)
+        logger.addHandler(forward)
         try:
-            metrics = train(config, log=log)
+            metrics = train(config)
         except (TrainingDivergedError, ValueError, RuntimeError) as exc:
             pipes.log.error(f"training failed: {exc}")
             raise
+        finally:
+            logger.removeHandler(forward)
         pipes.report_asset_materialization(
             metadata={k: v for k, v in metrics.items() if k != "loss_history"}
         )
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The CLI; reports through Dagster Pipes when launched by it (DAGSTER_PIPES_CONTEXT set)."""
+    """The CLI; reports through Dagster Pipes when launched by it (DAGSTER_PIPES_CONTEXT set).
+
+    The progress lines go to stdout either way; under Pipes they are forwarded to Dagster too."""
+    configure_cli_logging()
     try:
         config = _parse(argv)
         if os.environ.get("DAGSTER_PIPES_CONTEXT"):
             _train_under_pipes(config)
         else:
-            train(config, log=lambda message: print(message, flush=True))
+            train(config)
     except (TrainingDivergedError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from exc

@@ -1,6 +1,7 @@
 """Pretraining on a small synthetic store: run, NaN stop, exact resume, kill -9, DDP, bad input."""
 
 import json
+import logging
 import math
 import os
 import signal
@@ -78,13 +79,13 @@ def test_demo_config_is_small_and_complete():
     assert demo["steps"] < default["steps"]
 
 
-def test_train_end_to_end_and_load_model(store, tmp_path):
-    logs = []
-    metrics = train(tiny_config(store, tmp_path, steps=6), log=logs.append)
+def test_train_end_to_end_and_load_model(store, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="matter_model.train")
+    metrics = train(tiny_config(store, tmp_path, steps=6))
     assert metrics["steps"] == 6 and len(metrics["loss_history"]) == 6
     assert all(math.isfinite(v) for v in metrics["loss_history"])
     assert metrics["samples_per_s"] > 0
-    assert any("samples/s" in line for line in logs)
+    assert any("samples/s" in line for line in caplog.messages)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["final_loss"] == metrics["final_loss"]
     assert (tmp_path / "loss_curve.png").stat().st_size > 0
@@ -97,9 +98,9 @@ def test_train_end_to_end_and_load_model(store, tmp_path):
 
 
 def test_resume_equals_uninterrupted(store, tmp_path):
-    full = train(tiny_config(store, tmp_path / "full"), log=lambda _: None)
-    train(tiny_config(store, tmp_path / "split", steps=2), log=lambda _: None)
-    resumed = train(tiny_config(store, tmp_path / "split", resume=True), log=lambda _: None)
+    full = train(tiny_config(store, tmp_path / "full"))
+    train(tiny_config(store, tmp_path / "split", steps=2))
+    resumed = train(tiny_config(store, tmp_path / "split", resume=True))
     # The uninterrupted run is in this process, the resumed one in another: BLAS may sum in
     # another order there, so equal to float32 rounding rather than bit for bit.
     np.testing.assert_allclose(resumed["loss_history"], full["loss_history"], rtol=1e-5)
@@ -111,20 +112,18 @@ def test_resume_equals_uninterrupted(store, tmp_path):
 
 def test_augmented_positives_change_training_and_resume_exactly(store, tmp_path):
     augment = dict(gain=0.1, offset=0.1, noise=0.05, shift_px=1)
-    plain = train(tiny_config(store, tmp_path / "plain"), log=lambda _: None)
-    full = train(tiny_config(store, tmp_path / "full", augment=augment), log=lambda _: None)
+    plain = train(tiny_config(store, tmp_path / "plain"))
+    full = train(tiny_config(store, tmp_path / "full", augment=augment))
     assert full["loss_history"] != plain["loss_history"]
-    train(tiny_config(store, tmp_path / "split", steps=2, augment=augment), log=lambda _: None)
-    resumed = train(
-        tiny_config(store, tmp_path / "split", resume=True, augment=augment), log=lambda _: None
-    )
+    train(tiny_config(store, tmp_path / "split", steps=2, augment=augment))
+    resumed = train(tiny_config(store, tmp_path / "split", resume=True, augment=augment))
     np.testing.assert_allclose(resumed["loss_history"], full["loss_history"], rtol=1e-5)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path, capsys):
     config = tiny_config(store, tmp_path, steps=8, lr=1e30, checkpoint_every=1)
     with pytest.raises(TrainingDivergedError, match="last good checkpoint"):
-        train(config, log=lambda _: None)
+        train(config)
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert 1 <= state["step"] < 8
     assert all(math.isfinite(v) for v in state["loss_history"])
@@ -168,7 +167,7 @@ def run_cli(*args, wait=True):
 def test_two_process_gloo_matches_one_process(store, tmp_path):
     """torchrun with 2 CPU processes (gloo) and the same global batch: the same losses."""
     config = tiny_config(store, tmp_path / "one", steps=3, model={"norm": "group"})
-    single = train(config, log=lambda _: None)
+    single = train(config)
     cfg_file = write_tiny_yaml(tmp_path / "tiny.yaml", config)
     run_cli(
         "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -183,7 +182,7 @@ def test_two_process_gloo_matches_one_process(store, tmp_path):
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(store, tmp_path):
     config = tiny_config(store, tmp_path / "full", steps=30, checkpoint_every=1)
-    full = train(config, log=lambda _: None)
+    full = train(config)
     cfg_file = write_tiny_yaml(tmp_path / "tiny.yaml", config)
     out = tmp_path / "killed"
     args = ["matter_model.train", "--config", str(cfg_file), "--patch-store", str(store)]
@@ -212,7 +211,7 @@ def test_store_with_other_bands_fails_before_training(tmp_path):
     table = pd.DataFrame({"region": ["x"] * 4})
     write_shard(tmp_path / "store", "s0", StoreInfo(bands, 32), data, data, data, table)
     with pytest.raises(PatchStoreError, match=r"missing \['B05', 'B06', 'B07', 'B11', 'B12'\]"):
-        train(tiny_config(tmp_path / "store", tmp_path / "out"), log=lambda _: None)
+        train(tiny_config(tmp_path / "store", tmp_path / "out"))
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
 
 
@@ -221,9 +220,9 @@ def test_empty_store_fails_before_training(tmp_path):
     table = pd.DataFrame({"region": []})
     write_shard(tmp_path / "store", "s0", StoreInfo(MATTER_BANDS, 32), empty, empty, empty, table)
     with pytest.raises(PatchStoreError, match="has no patches"):
-        train(tiny_config(tmp_path / "store", tmp_path / "out"), log=lambda _: None)
+        train(tiny_config(tmp_path / "store", tmp_path / "out"))
     with pytest.raises(PatchStoreError, match="no patch store"):
-        train(tiny_config(tmp_path / "nowhere", tmp_path / "out"), log=lambda _: None)
+        train(tiny_config(tmp_path / "nowhere", tmp_path / "out"))
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
 
 
@@ -237,7 +236,7 @@ def test_unknown_config_keys_are_named_with_the_valid_ones(store, tmp_path, caps
     config = tiny_config(store, tmp_path)
     config["model"]["depth"] = 3
     with pytest.raises(ConfigError, match="model.depth"):
-        train(config, log=lambda _: None)
+        train(config)
     with pytest.raises(SystemExit) as exit_info:
         main(["--patch-store", str(store), "--set", "model.colour=red"])
     assert exit_info.value.code == 1
@@ -245,11 +244,11 @@ def test_unknown_config_keys_are_named_with_the_valid_ones(store, tmp_path, caps
 
 
 def test_resume_from_another_architecture_names_the_mismatch(store, tmp_path):
-    train(tiny_config(store, tmp_path, steps=2), log=lambda _: None)
+    train(tiny_config(store, tmp_path, steps=2))
     wider = tiny_config(store, tmp_path, resume=True, model={"width": 16})
     with pytest.raises(ValueError, match="width: 8 there, 16 here"):
-        train(wider, log=lambda _: None)
+        train(wider)
     other_bands = tiny_config(store, tmp_path, resume=True, bands=list(MATTER_BANDS[:4]))
     with pytest.raises(ValueError, match="trained on bands"):
-        train(other_bands, log=lambda _: None)
+        train(other_bands)
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
