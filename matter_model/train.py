@@ -398,10 +398,9 @@ def _train(
     out = Path(cfg["out"])
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / CHECKPOINT
-    seed, steps, batch_size = int(cfg["seed"]), int(cfg["steps"]), int(cfg["batch_size"])
     dataset = _open_store(cfg)
 
-    torch.manual_seed(seed)
+    torch.manual_seed(int(cfg["seed"]))
     model = build_model(cfg).to(device)
     optimizer = build_optimizer(model.parameters(), cfg)
     start, history = 0, []
@@ -411,33 +410,86 @@ def _train(
             logger.info("resumed from %s at step %d", checkpoint_path, start)
 
     def checkpoint(step: int) -> None:
-        if rank != 0:
-            return
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "rng": _rng_state(),
-                "config": cfg,
-                "bands": list(cfg["bands"]),
-                "inputs": dataset.info.values,
-                "loss_history": history,
-            },
-        )
+        if rank == 0:
+            _save(checkpoint_path, model, optimizer, step, cfg, dataset.info.values, history)
 
+    loader = _loader(dataset, cfg, start, rank, world, device)
+    net = DistributedDataParallel(model) if world > 1 else model
+    run = _Step(net, cfg, dataset.info.patch_size, device, world)
+    model.train()
+    wall = _loop(run, loader, optimizer, start, history, checkpoint, checkpoint_path, rank == 0)
+    checkpoint(int(cfg["steps"]))
+    return _finish(cfg, history, start, wall, device, world, checkpoint_path, rank == 0)
+
+
+def _save(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    cfg: dict[str, Any],
+    inputs: str,
+    history: list[float],
+) -> None:
+    """Write the checkpoint of ``step``: weights, optimiser, RNGs, config and loss history."""
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "rng": _rng_state(),
+            "config": cfg,
+            "bands": list(cfg["bands"]),
+            "inputs": inputs,
+            "loss_history": history,
+        },
+    )
+
+
+def _loader(
+    dataset: TripletDataset,
+    cfg: dict[str, Any],
+    start: int,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> DataLoader:
+    """This rank's batches of the steps from ``start`` on (see :class:`StepBatchSampler`)."""
     workers = int(cfg["num_workers"])
-    loader = DataLoader(
+    sampler = StepBatchSampler(
+        len(dataset),
+        int(cfg["batch_size"]),
+        int(cfg["seed"]),
+        start,
+        int(cfg["steps"]),
+        rank,
+        world,
+    )
+    return DataLoader(
         dataset,
-        batch_sampler=StepBatchSampler(len(dataset), batch_size, seed, start, steps, rank, world),
+        batch_sampler=sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",
     )
-    net = DistributedDataParallel(model) if world > 1 else model
-    run = _Step(net, cfg, dataset.info.patch_size, device, world)
-    model.train()
+
+
+def _loop(
+    run: _Step,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    start: int,
+    history: list[float],
+    checkpoint: Callable[[int], None],
+    checkpoint_path: Path,
+    logs: bool,
+) -> float:
+    """The steps from ``start`` on, each loss appended to ``history``, a line logged every
+    ``log_every`` steps (when ``logs``) and a checkpoint every ``checkpoint_every``; return the
+    seconds they took."""
+    steps, batch_size = int(run.cfg["steps"]), int(run.cfg["batch_size"])
+    log_every, checkpoint_every = int(run.cfg["log_every"]), int(run.cfg["checkpoint_every"])
     began = tick = time.perf_counter()
     for step, batch in zip(range(start, steps), loader, strict=True):
         loss = run.loss(batch, step)
@@ -447,17 +499,15 @@ def _train(
         optimizer.step()
         history.append(loss.item())
         now = time.perf_counter()
-        if rank == 0 and ((step + 1) % int(cfg["log_every"]) == 0 or step + 1 == steps):
+        if logs and ((step + 1) % log_every == 0 or step + 1 == steps):
             throughput = batch_size / (now - tick)
             logger.info(
                 "step %d/%d loss %.4f %.1f samples/s", step + 1, steps, history[-1], throughput
             )
         tick = now
-        if (step + 1) % int(cfg["checkpoint_every"]) == 0:
+        if (step + 1) % checkpoint_every == 0:
             checkpoint(step + 1)
-    wall = time.perf_counter() - began
-    checkpoint(steps)
-    return _finish(cfg, history, start, wall, device, world, checkpoint_path, rank == 0)
+    return time.perf_counter() - began
 
 
 def _finish(
