@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     logger.info(
         "bigearthnet: %s, bands %s, mode %s, window %d", source, list(bands), args.mode, window
     )
+    train_set, test_set = _splits(args, bands, config)
+
+    torch.manual_seed(args.seed)
+    classifier = PooledLinear(model, len(train_set.classes), window).to(device)
+    set_mode(model, args.mode)
+    loaders = {"batch_size": args.batch_size, "num_workers": args.workers}
+    batches, step_loss, encode_seconds = _training(classifier, train_set, args, loaders, device)
+    losses, _, train_seconds = train_epochs(
+        classifier.parameters(), batches, step_loss, args.epochs, args.lr
+    )
+    classifier.eval()
+    start = time.perf_counter()
+    test_features, test_targets = _pooled(classifier, DataLoader(test_set, **loaders))
+    test_seconds = time.perf_counter() - start
+    with torch.no_grad():
+        scores = torch.sigmoid(classifier.head(test_features)).cpu().numpy()
+    metrics = mean_average_precision(scores, test_targets.numpy())
+    seconds = {"encode_train": encode_seconds, "train": train_seconds, "test": test_seconds}
+    return _report(args, source, bands, window, train_set, test_set, metrics, losses, seconds)
+
+
+def _splits(
+    args: argparse.Namespace, bands: tuple[str, ...], config: dict[str, Any]
+) -> tuple[BigEarthNet, BigEarthNet]:
+    """The training and test splits, read as the checkpoint's inputs; they must not overlap."""
 
     def dataset(split: str) -> BigEarthNet:
         return BigEarthNet(
@@ -141,12 +167,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         len(test_set),
         args.test_split,
     )
+    return train_set, test_set
 
-    torch.manual_seed(args.seed)
-    classifier = PooledLinear(model, len(train_set.classes), window).to(device)
-    set_mode(model, args.mode)
-    loaders = {"batch_size": args.batch_size, "num_workers": args.workers}
 
+def _training(
+    classifier: PooledLinear,
+    train_set: BigEarthNet,
+    args: argparse.Namespace,
+    loaders: dict[str, Any],
+    device: torch.device,
+) -> tuple[Callable[[], DataLoader], Callable[[list[torch.Tensor]], torch.Tensor], float]:
+    """The epoch's batches and the loss of one for ``--mode``, and the seconds spent encoding
+    the training patches beforehand (linear probe only)."""
     if args.mode == "linear":
         # A frozen encoder gives every patch the same features in every epoch: compute them once
         # (patches x embed_dim floats), then train the linear layer on them.
@@ -171,16 +203,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             x, y = batch[0].to(device), batch[1].to(device)
             return F.binary_cross_entropy_with_logits(classifier(x), y)
 
-    losses, _, train_seconds = train_epochs(
-        classifier.parameters(), batches, step_loss, args.epochs, args.lr
-    )
-    classifier.eval()
-    start = time.perf_counter()
-    test_features, test_targets = _pooled(classifier, DataLoader(test_set, **loaders))
-    test_seconds = time.perf_counter() - start
-    with torch.no_grad():
-        scores = torch.sigmoid(classifier.head(test_features)).cpu().numpy()
-    metrics = mean_average_precision(scores, test_targets.numpy())
+    return batches, step_loss, encode_seconds
+
+
+def _report(
+    args: argparse.Namespace,
+    source: str,
+    bands: tuple[str, ...],
+    window: int,
+    train_set: BigEarthNet,
+    test_set: BigEarthNet,
+    metrics: dict[str, Any],
+    losses: list[float],
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """The task's metrics: the settings, the mAPs with the AP of each class, losses and timing."""
     per_class = dict(zip(train_set.classes, metrics.pop("per_class_ap"), strict=True))
     return {
         "task": "bigearthnet",
@@ -198,12 +235,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "per_class_ap": {k: v for k, v in per_class.items() if not np.isnan(v)},
         "classes_without_positives": [k for k, v in per_class.items() if np.isnan(v)],
         "loss_per_epoch": losses,
-        "seconds": {"encode_train": encode_seconds, "train": train_seconds, "test": test_seconds},
-        "test_patches_per_s": len(test_set) / test_seconds,
+        "seconds": seconds,
+        "test_patches_per_s": len(test_set) / seconds["test"],
         "train_patches_per_s": (
-            len(train_set) / encode_seconds
+            len(train_set) / seconds["encode_train"]
             if args.mode == "linear"
-            else len(train_set) * args.epochs / train_seconds
+            else len(train_set) * args.epochs / seconds["train"]
         ),
     }
 
