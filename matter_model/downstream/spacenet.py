@@ -122,10 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train the head (and the encoder with ``finetune``), score held-out tiles: the metrics."""
     device = torch.device(args.device)
-    root = Path(args.root)
-    images = root / (args.images or "PAN")
-    labels = root / args.labels if args.labels else default_label_dir(root)
-    dataset = SpaceNetTiles(find_chips(images, labels), args.tile)
+    dataset = _tiles(args)
     train_idx, test_idx = split_tiles(dataset, args.test_fraction)
 
     model, config, source = load_encoder(args.checkpoint, device, args.seed, args.untrained)
@@ -146,32 +143,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         len(train_idx),
         len(test_idx),
     )
-
     loaders = {"batch_size": args.batch_size, "num_workers": args.workers}
-
-    def batches():
-        return DataLoader(Subset(dataset, train_idx), shuffle=True, **loaders)
-
-    def step_loss(batch: list[torch.Tensor]) -> torch.Tensor:
-        x, mask = batch[0].to(device), batch[1].to(device)
-        return F.binary_cross_entropy_with_logits(segmenter(x), mask)
-
-    segmenter.head.train()
-    losses, seen, train_seconds = train_epochs(
-        segmenter.parameters(), batches, step_loss, args.epochs, args.lr
-    )
-
-    segmenter.eval()
-    counts, intersection, union = MatchCounts(), 0, 0
+    losses, seen, train_seconds = _train(segmenter, dataset, train_idx, args, loaders, device)
     start = time.perf_counter()
-    with torch.no_grad():
-        for x, mask, index in DataLoader(Subset(dataset, test_idx), **loaders):
-            predicted = (torch.sigmoid(segmenter(x.to(device))) > 0.5).cpu().numpy()
-            tiles = zip(predicted, mask.numpy(), index.tolist(), strict=True)
-            for tile_mask, truth_mask, i in tiles:
-                inter, uni = pixel_iou(tile_mask, truth_mask > 0)
-                intersection, union = intersection + inter, union + uni
-                counts += match_buildings(dataset.truth_polygons(i), mask_to_polygons(tile_mask))
+    pixels, counts = _score(segmenter, dataset, test_idx, loaders, device)
     test_seconds = time.perf_counter() - start
     return {
         "task": "spacenet",
@@ -186,10 +161,61 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "train_tiles": len(train_idx),
         "test_tiles": len(test_idx),
         "epochs": args.epochs,
-        "pixel_iou": intersection / union if union else None,
+        "pixel_iou": pixels,
         "building": counts.as_dict(),
         "loss_per_epoch": losses,
         "seconds": {"train": train_seconds, "test": test_seconds},
         "train_tiles_per_s": seen / train_seconds if train_seconds else None,
         "test_tiles_per_s": len(test_idx) / test_seconds,
     }
+
+
+def _tiles(args: argparse.Namespace) -> SpaceNetTiles:
+    """The tiles of the chips under ``--root`` (``--images``, ``--labels``, ``--tile``)."""
+    root = Path(args.root)
+    images = root / (args.images or "PAN")
+    labels = root / args.labels if args.labels else default_label_dir(root)
+    return SpaceNetTiles(find_chips(images, labels), args.tile)
+
+
+def _train(
+    segmenter: SegmentationHead,
+    dataset: SpaceNetTiles,
+    train_idx: list[int],
+    args: argparse.Namespace,
+    loaders: dict[str, Any],
+    device: torch.device,
+) -> tuple[list[float], int, float]:
+    """Train on the tiles ``train_idx``: ``train_epochs``'s losses, tiles seen and seconds."""
+
+    def batches():
+        return DataLoader(Subset(dataset, train_idx), shuffle=True, **loaders)
+
+    def step_loss(batch: list[torch.Tensor]) -> torch.Tensor:
+        x, mask = batch[0].to(device), batch[1].to(device)
+        return F.binary_cross_entropy_with_logits(segmenter(x), mask)
+
+    segmenter.head.train()
+    return train_epochs(segmenter.parameters(), batches, step_loss, args.epochs, args.lr)
+
+
+def _score(
+    segmenter: SegmentationHead,
+    dataset: SpaceNetTiles,
+    test_idx: list[int],
+    loaders: dict[str, Any],
+    device: torch.device,
+) -> tuple[float | None, MatchCounts]:
+    """The pixel IoU of the building class (None without any building pixel) and the building
+    match counts, summed over the tiles ``test_idx``."""
+    segmenter.eval()
+    counts, intersection, union = MatchCounts(), 0, 0
+    with torch.no_grad():
+        for x, mask, index in DataLoader(Subset(dataset, test_idx), **loaders):
+            predicted = (torch.sigmoid(segmenter(x.to(device))) > 0.5).cpu().numpy()
+            tiles = zip(predicted, mask.numpy(), index.tolist(), strict=True)
+            for tile_mask, truth_mask, i in tiles:
+                inter, uni = pixel_iou(tile_mask, truth_mask > 0)
+                intersection, union = intersection + inter, union + uni
+                counts += match_buildings(dataset.truth_polygons(i), mask_to_polygons(tile_mask))
+    return (intersection / union if union else None), counts
