@@ -31,8 +31,9 @@ must not be mixed with one of reflectance patches (``write_shard`` refuses it).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,12 @@ import xarray as xr
 from matter_model.bands import MATTER_BANDS
 from matter_model.datasets.oscd import OSCD, OSCDCity, OSCDError
 from matter_model.inputs import SCENE_STANDARDISED, standardize
+from matter_model.logs import configure_cli_logging
 from pipelines.change_screen import screen_windows
 from pipelines.tiling import NegativePool, StackSource, TilingSettings, tile_to_store
+
+# Named, not __name__: under `python -m pipelines.oscd_patches` that is "__main__".
+logger = logging.getLogger("pipelines.oscd_patches")
 
 # Dates missing from a city's dates.txt get these placeholders (the tiling needs two labels).
 _PLACEHOLDER_DATES = ("2000-01-01", "2000-01-02")
@@ -85,7 +90,6 @@ def build_oscd_patch_store(
     min_negative_distance_px: int = 64,
     seed: int = 0,
     negatives: str = "other-city",
-    log: Callable[[str], None] = print,
 ) -> dict[str, int]:
     """Screen and tile ``cities`` (default: the unlabelled ones) into the store at ``out``;
     return the triplets written per city. With one city only, negatives come from that city."""
@@ -126,9 +130,13 @@ def build_oscd_patch_store(
         ).triplets
         unchanged = int(screen["unchanged"].sum())
         negative_from = other or name
-        log(
-            f"{name}: {unchanged}/{len(screen)} windows unchanged, {written[name]} triplets "
-            f"(negatives from {negative_from})"
+        logger.info(
+            "%s: %d/%d windows unchanged, %d triplets (negatives from %s)",
+            name,
+            unchanged,
+            len(screen),
+            written[name],
+            negative_from,
         )
     return written
 
@@ -160,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     cities = [c.strip() for c in args.cities.split(",") if c.strip()] if args.cities else None
+    configure_cli_logging()
     try:
         written = build_oscd_patch_store(
             args.root,

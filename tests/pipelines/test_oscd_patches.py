@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,15 @@ from tests.matter_model.oscd_fixtures import make_city, make_release
 REAL_ROOT = REAL_DATA / "oscd"
 
 
-def test_unlabelled_cities_become_one_shard_each_and_reruns_replace_them(tmp_path: Path) -> None:
+def test_unlabelled_cities_become_one_shard_each_and_reruns_replace_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pipelines.oscd_patches")
     release, store = make_release(tmp_path / "oscd"), tmp_path / "patches"
-    options = {"window": 8, "min_negative_distance_px": 16, "log": lambda _: None}
+    options = {"window": 8, "min_negative_distance_px": 16}
     written = build_oscd_patch_store(release, store, **options)
     assert list(written) == ["nolabel"] and written["nolabel"] > 0  # labelled cities are held out
+    assert caplog.messages[0].startswith("nolabel: ") and "triplets" in caplog.messages[0]
     assert shard_ids(store) == ["oscd-nolabel"]
     assert read_info(store).bands == MATTER_BANDS and read_info(store).patch_size == 8
     table = read_patches(store)
@@ -38,7 +43,7 @@ def test_unlabelled_cities_become_one_shard_each_and_reruns_replace_them(tmp_pat
 def test_negatives_come_from_the_next_city_with_unchanged_windows(tmp_path: Path) -> None:
     release, store = make_release(tmp_path / "oscd"), tmp_path / "patches"
     make_city(release, "other", (40, 48), label=False, noise_dn=30, split="test")
-    options = {"window": 8, "min_negative_distance_px": 16, "log": lambda _: None}
+    options = {"window": 8, "min_negative_distance_px": 16}
     written = build_oscd_patch_store(release, store, **options)
     assert sorted(written) == ["nolabel", "other"] and all(written.values())
     table = read_patches(store)
@@ -58,14 +63,14 @@ def test_unknown_negatives_are_named(tmp_path: Path) -> None:
 def test_a_release_without_unlabelled_cities_is_an_error(tmp_path: Path) -> None:
     make_city(tmp_path, "town", (40, 48))
     with pytest.raises(OSCDError, match="no unlabelled OSCD city"):
-        build_oscd_patch_store(tmp_path, tmp_path / "patches", log=lambda _: None)
+        build_oscd_patch_store(tmp_path, tmp_path / "patches")
 
 
 @pytest.mark.skipif(
     not REAL_ROOT.is_dir(), reason=f"real OSCD data not found at {REAL_ROOT} (set MATTER_REAL_DATA)"
 )
 def test_real_unlabelled_city(tmp_path: Path) -> None:
-    written = build_oscd_patch_store(REAL_ROOT, tmp_path, ["rio"], log=lambda _: None)
+    written = build_oscd_patch_store(REAL_ROOT, tmp_path, ["rio"])
     assert written["rio"] > 0
     anchor = TripletDataset(tmp_path)[0]["anchor"].numpy()
     assert anchor.shape == (9, 32, 32) and read_info(tmp_path).values == "scene-standardised"
