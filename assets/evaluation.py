@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.logs import forward_project_logs
 from assets.partitions import CONFIG
 from assets.previews import markdown_table, png_metadata
 from assets.resources import DataStore
@@ -45,11 +46,14 @@ def change_detection_eval(
         raise RuntimeError("nothing to evaluate on: no demo-world stacks and no OSCD root")
     previews = store.reports / "change_maps"
     window, sigma, output = settings.window, settings.sigma, settings.features
-    results = compare_with_baselines(model, model_config, datasets, window, sigma, previews, output)
-    if oscd is not None:  # the same code as `python -m matter_model.evaluate oscd`
-        results["oscd"] = oscd_unsupervised(
-            model, model_config, oscd, oscd.labelled_cities(), window, sigma, previews, output
+    with forward_project_logs(context):
+        results = compare_with_baselines(
+            model, model_config, datasets, window, sigma, previews, output
         )
+        if oscd is not None:  # the same code as `python -m matter_model.evaluate oscd`
+            results["oscd"] = oscd_unsupervised(
+                model, model_config, oscd, oscd.labelled_cities(), window, sigma, previews, output
+            )
     report = {
         "checkpoint": str(checkpoint),
         "window": window,

@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.k8s import run_training
+from assets.logs import forward_project_logs
 from assets.partitions import CONFIG
 from assets.previews import png_metadata
 from assets.resources import DataStore
@@ -87,7 +88,8 @@ def matter_pretrained(
         pipes, context, training_command(store), CONFIG.training, store.path()
     )
     result = invocation.get_materialize_result()
-    card = export_model(store)
+    with forward_project_logs(context):
+        card = export_model(store)
     curve = store.model_dir / "loss_curve.png"
     return dg.MaterializeResult(
         metadata={
