@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from matter_model.atomic_io import atomic_directory
 from matter_model.checkpoint import CheckpointError, load_checkpoint, model_config, model_from_state
 from matter_model.inputs import SCENE_STANDARDISED
+from matter_model.logs import configure_cli_logging
 from matter_model.pretrained import (
     CARD,
     CARD_FORMAT,
@@ -37,7 +38,8 @@ from matter_model.pretrained import (
     parse_product_level,
 )
 
-logger = logging.getLogger(__name__)
+# Named, not __name__: under `python -m matter_model.export` that is "__main__".
+logger = logging.getLogger("matter_model.export")
 
 README = "README.md"
 REFLECTANCE_SCALE = 1e-4  # Sentinel-2 DN to reflectance
@@ -310,6 +312,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """The command line (see the module docstring); errors end it with status 1."""
     args = _parse(argv)
+    configure_cli_logging()  # export() logs the "exported ... to ..." line
     try:
         export(
             args.checkpoint,
@@ -323,7 +326,6 @@ def main(argv: list[str] | None = None) -> None:
     except (CheckpointError, ExportInputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from exc
-    print(f"exported {args.checkpoint} to {args.out}", flush=True)
 
 
 if __name__ == "__main__":
