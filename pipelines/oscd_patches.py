@@ -101,13 +101,7 @@ def build_oscd_patch_store(
         cities = [c for c in dataset.cities("all") if c not in labelled]
     if not cities:
         raise OSCDError(f"no unlabelled OSCD city under {root} to pretrain on")
-    scenes: dict[str, tuple[StackSource, pd.DataFrame]] = {}
-    for name in cities:
-        stack = city_stack(dataset.load(name, bands))
-        scenes[name] = (
-            StackSource(stack, bands),
-            screen_windows(stack, window, threshold, min_valid_fraction),
-        )
+    scenes = _screened(dataset, cities, bands, window, threshold, min_valid_fraction)
     settings = TilingSettings(
         seed=seed,
         min_valid_fraction=min_valid_fraction,
@@ -139,6 +133,25 @@ def build_oscd_patch_store(
             negative_from,
         )
     return written
+
+
+def _screened(
+    dataset: OSCD,
+    cities: Sequence[str],
+    bands: Sequence[str],
+    window: int,
+    threshold: float,
+    min_valid_fraction: float,
+) -> dict[str, tuple[StackSource, pd.DataFrame]]:
+    """Each city's stack as a tiling source, with its change screen of ``window`` px windows."""
+    scenes: dict[str, tuple[StackSource, pd.DataFrame]] = {}
+    for name in cities:
+        stack = city_stack(dataset.load(name, bands))
+        scenes[name] = (
+            StackSource(stack, bands),
+            screen_windows(stack, window, threshold, min_valid_fraction),
+        )
+    return scenes
 
 
 def _next_with_windows(
