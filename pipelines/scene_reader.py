@@ -6,7 +6,7 @@ parallel; :func:`date_mosaic` wraps them as one lazy dask array per date.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import dask
 import dask.array as da
@@ -16,10 +16,10 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from pipelines.bands import SCL, asset_key
+from pipelines.bands import SCL
 from pipelines.grid import CoregistrationError, Grid, block_windows
 from pipelines.redact import redact_urls
-from pipelines.stac.items import asset_path, reflectance_offset
+from pipelines.stac.items import asset_path, band_scale, reflectance_offset
 
 
 def read_asset(
@@ -68,13 +68,31 @@ def read_item(
     height, width = (window.height, window.width) if window else (grid.height, grid.width)
     out = np.full((len(bands), height, width), np.nan, dtype=np.float32)
     for i, name in enumerate(bands):
-        raster = (item["assets"][asset_key(item, name)].get("raster:bands") or [{}])[0]
-        scale = float(raster.get("scale", 1e-4))
+        scale = band_scale(item, name)
         dn, _ = read_asset(asset_path(item, name, href_rewrites), grid, Resampling.bilinear, window)
         present = dn > 0
         out[i][present] = dn[present].astype(np.float32) * scale + offset
     scl, _ = read_asset(asset_path(item, SCL.name, href_rewrites), grid, Resampling.nearest, window)
     return out, scl.astype(np.uint8)
+
+
+def mosaic_scenes(
+    scenes: Iterable[tuple[np.ndarray, np.ndarray]], invalid_scl: Sequence[int]
+) -> np.ndarray:
+    """One date's scenes, each (reflectance, SCL) on the same window, mosaicked: (band + 1, y, x).
+
+    The planes are the reflectance bands, then the valid mask (1 where data is present in every
+    band and the SCL class is not in ``invalid_scl``, else 0), so that one block carries
+    everything the shift correction resamples. The first scene wins where scenes overlap.
+    """
+    scenes = iter(scenes)
+    reflectance, scl = next(scenes)
+    for more, more_scl in scenes:
+        empty = np.isnan(reflectance).all(axis=0)
+        reflectance[:, empty] = more[:, empty]
+        scl[empty] = more_scl[empty]
+    valid = ~np.isin(scl, list(invalid_scl)) & np.isfinite(reflectance).all(axis=0)
+    return np.concatenate([reflectance, valid[None].astype(np.float32)])
 
 
 def mosaic_block(
@@ -85,20 +103,19 @@ def mosaic_block(
     href_rewrites: Sequence[tuple[str, str]],
     window: Window | None = None,
 ) -> np.ndarray:
-    """One date's scenes mosaicked over ``window``: (band + 1, y, x) float32.
+    """One date's scenes read over ``window`` and mosaicked by :func:`mosaic_scenes`."""
+    return mosaic_scenes(
+        (read_item(scene, grid, bands, href_rewrites, window) for scene in scenes), invalid_scl
+    )
 
-    The planes are the reflectance bands, then the valid mask (1 where data is present in every
-    band and the SCL class is not in ``invalid_scl``, else 0), so that one block carries
-    everything the shift correction resamples. The first scene wins where scenes overlap.
-    """
-    reflectance, scl = read_item(scenes[0], grid, bands, href_rewrites, window)
-    for scene in scenes[1:]:
-        more, more_scl = read_item(scene, grid, bands, href_rewrites, window)
-        empty = np.isnan(reflectance).all(axis=0)
-        reflectance[:, empty] = more[:, empty]
-        scl[empty] = more_scl[empty]
-    valid = ~np.isin(scl, list(invalid_scl)) & np.isfinite(reflectance).all(axis=0)
-    return np.concatenate([reflectance, valid[None].astype(np.float32)])
+
+def mosaic_scl(scls: Iterable[np.ndarray]) -> np.ndarray:
+    """One date's SCL planes mosaicked: the first scene wins, later ones fill its gaps (SCL 0)."""
+    scls = iter(scls)
+    scl = next(scls)
+    for more in scls:
+        scl = np.where(scl == 0, more, scl)
+    return scl
 
 
 def scl_valid_block(
@@ -113,15 +130,35 @@ def scl_valid_block(
     Read from the SCL alone (one band, nearest neighbour), it is the cheap mask that picks the
     reference date and the shift sample before any reflectance is read; gaps are SCL 0.
     """
-    scl, _ = read_asset(
-        asset_path(scenes[0], SCL.name, href_rewrites), grid, Resampling.nearest, window
+    scl = mosaic_scl(
+        read_asset(asset_path(scene, SCL.name, href_rewrites), grid, Resampling.nearest, window)[0]
+        for scene in scenes
     )
-    for scene in scenes[1:]:
-        more, _ = read_asset(
-            asset_path(scene, SCL.name, href_rewrites), grid, Resampling.nearest, window
-        )
-        scl = np.where(scl == 0, more, scl)
     return ~np.isin(scl, list(invalid_scl))
+
+
+def scl_valid(
+    scenes: Sequence[dict],
+    grid: Grid,
+    invalid_scl: Sequence[int],
+    href_rewrites: Sequence[tuple[str, str]],
+    chunk_px: int,
+) -> da.Array:
+    """One date's :func:`scl_valid_block` as a lazy dask array (y, x), one task per block."""
+    read = dask.delayed(scl_valid_block)
+    return da.block(
+        [
+            [
+                da.from_delayed(
+                    read(scenes, grid, invalid_scl, href_rewrites, window),
+                    shape=(window.height, window.width),
+                    dtype=bool,
+                )
+                for window in row
+            ]
+            for row in block_windows(grid, chunk_px)
+        ]
+    )
 
 
 def date_mosaic(

@@ -55,6 +55,12 @@ def reflectance_offset(item: dict) -> float:
     return BOA_OFFSET if (major, minor) >= BASELINE_WITH_OFFSET else 0.0
 
 
+def band_scale(item: dict, name: str) -> float:
+    """Band ``name``'s DN-to-reflectance scale from its ``raster:bands`` (L2A's 1e-4 if unset)."""
+    raster = (item["assets"][asset_key(item, name)].get("raster:bands") or [{}])[0]
+    return float(raster.get("scale", 1e-4))
+
+
 def band_href(item: dict, name: str, policy: HrefPolicy | None = None) -> str:
     """The raw href of band ``name``'s asset; with a ``policy``, refused if it lies outside."""
     key = asset_key(item, name)
