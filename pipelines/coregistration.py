@@ -11,7 +11,8 @@ read back by :func:`~pipelines.stack_store.open_stack`), an ``xarray.Dataset`` w
   (the items' MGRS tiles, comma-separated), ``reference_date``.
 
 :func:`coregister` returns it dask-backed, in blocks of ``chunk_px`` pixels: each block is read
-through windows of a ``WarpedVRT`` onto the target grid (:mod:`pipelines.scene_reader`), the
+through windows of a ``WarpedVRT`` onto the target grid (:mod:`pipelines.scene_reader`, or
+stackstac's lazy stack: :mod:`pipelines.stackstac_reader`, with ``reader="stackstac"``), the
 shift is measured on a bounded sample and applied per block with an overlap
 (:mod:`pipelines.shift`), and :func:`~pipelines.stack_store.write_stack` streams the blocks into
 zarr. A full 10980 x 10980 tile of several dates thus runs in memory bounded by a few blocks, on
@@ -20,18 +21,17 @@ the current dask scheduler (threads, or a ``distributed.Client`` when one is act
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from rasterio.windows import Window
 
+from pipelines import scene_reader, stackstac_reader
 from pipelines.bands import SCL_INVALID_DEFAULT, SPECTRAL_BANDS, band
-from pipelines.grid import CoregistrationError, Grid, block_windows
-from pipelines.scene_reader import date_mosaic, scl_valid_block
+from pipelines.grid import CoregistrationError, Grid
 from pipelines.shift import estimate_shift, sample_slices, shift_mosaic
 from pipelines.stac.items import scenes_by_date
 from pipelines.stac.search import item_mgrs_tile
@@ -43,6 +43,30 @@ DEFAULT_CHUNK_PX = 1024
 DEFAULT_SAMPLE_PX = 1024
 # A date sharing less than this share of the grid's pixels with the reference is not corrected.
 MIN_SHIFT_OVERLAP = 0.2
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How scenes are read onto the grid: a date's lazy mosaic (band + 1, y, x) float32 (the
+    valid mask last) and its lazy SCL-valid mask (y, x) bool, both in ``chunk_px`` blocks."""
+
+    date_mosaic: Callable[..., da.Array]
+    scl_valid: Callable[..., da.Array]
+
+
+# The scene readers by name: hand-written windows of a WarpedVRT, or stackstac's lazy stack.
+READERS: dict[str, Reader] = {
+    "warpedvrt": Reader(scene_reader.date_mosaic, scene_reader.scl_valid),
+    "stackstac": Reader(stackstac_reader.date_mosaic, stackstac_reader.scl_valid),
+}
+DEFAULT_READER = "warpedvrt"
+
+
+def _reader_name(name: str) -> str:
+    """``name`` if it is a known reader, else an error that lists them."""
+    if name not in READERS:
+        raise CoregistrationError(f"unknown reader {name!r}; known readers: {', '.join(READERS)}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -65,20 +89,24 @@ def coregister(
     href_rewrites: Sequence[tuple[str, str]] = (),
     chunk_px: int = DEFAULT_CHUNK_PX,
     sample_px: int = DEFAULT_SAMPLE_PX,
+    reader: str = DEFAULT_READER,
 ) -> xr.Dataset:
     """Bring a region's items onto ``grid``: one mosaic per date, shifts measured and corrected.
 
     The result is dask-backed in ``chunk_px`` blocks (``reflectance`` and ``valid`` are computed
     when written or read); the shifts are measured here, on the current dask scheduler. The
     reference date is the one with most valid SCL pixels; a date sharing under a fifth of the
-    grid's pixels with it is left uncorrected (shift 0).
+    grid's pixels with it is left uncorrected (shift 0). ``reader`` names the entry of
+    :data:`READERS` that reads the scenes onto the grid.
     """
     _check_request(items, region, bands, shift_band)
     by_date = scenes_by_date(items)
-    overlaps = measure_overlaps(list(by_date.values()), grid, invalid_scl, href_rewrites, chunk_px)
+    read = READERS[_reader_name(reader)]
+    dates = list(by_date.values())
+    masks = [read.scl_valid(s, grid, invalid_scl, href_rewrites, chunk_px) for s in dates]
+    overlaps = measure_overlaps(masks, grid)
     mosaics = [
-        date_mosaic(scenes, grid, bands, invalid_scl, href_rewrites, chunk_px)
-        for scenes in by_date.values()
+        read.date_mosaic(s, grid, bands, invalid_scl, href_rewrites, chunk_px) for s in dates
     ]
     planes = [list(bands).index(shift_band), len(bands)]
     shifts = measure_shifts(mosaics, planes, overlaps, grid, chunk_px, sample_px)
@@ -108,39 +136,18 @@ def _check_request(
         )
 
 
-def _pair_counts(
-    dates: Sequence[Sequence[dict]],
-    grid: Grid,
-    invalid_scl: Sequence[int],
-    href_rewrites: Sequence[tuple[str, str]],
-    window: Window,
-) -> np.ndarray:
-    """(date, date) counts of pixels whose SCL is valid on both dates, within ``window``."""
-    masks = np.stack(
-        [scl_valid_block(s, grid, invalid_scl, href_rewrites, window) for s in dates]
-    ).reshape(len(dates), -1)
-    masks = masks.astype(np.float64)
-    return masks @ masks.T
+def _pair_counts(masks: np.ndarray) -> np.ndarray:
+    """(date, date) counts of pixels valid on both dates, from one block of (date, y, x) masks."""
+    flat = masks.reshape(len(masks), -1).astype(np.float64)
+    return flat @ flat.T
 
 
-def measure_overlaps(
-    dates: Sequence[Sequence[dict]],
-    grid: Grid,
-    invalid_scl: Sequence[int],
-    href_rewrites: Sequence[tuple[str, str]],
-    chunk_px: int,
-) -> Overlaps:
-    """The :class:`Overlaps` of the dates' scenes, from their SCL alone, block by block on the
-    current dask scheduler."""
+def measure_overlaps(masks: Sequence[da.Array], grid: Grid) -> Overlaps:
+    """The :class:`Overlaps` of the dates' lazy SCL-valid masks (y, x), block by block (the
+    masks' own blocks) on the current dask scheduler."""
+    blocks = da.stack(masks).rechunk({0: -1}).to_delayed()[0]
     counts = dask.delayed(_pair_counts)
-    pair_counts = np.array(
-        dask.compute(
-            [
-                [counts(dates, grid, invalid_scl, href_rewrites, w) for w in row]
-                for row in block_windows(grid, chunk_px)
-            ]
-        )[0]
-    )
+    pair_counts = np.array(dask.compute([[counts(b) for b in row] for row in blocks])[0])
     share = pair_counts.sum(axis=(0, 1)) / (grid.height * grid.width)
     return Overlaps(pair_counts, share, int(np.argmax(np.diag(share))))
 
