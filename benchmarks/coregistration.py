@@ -17,6 +17,12 @@ the default 1024 px blocks; "in memory" sets the block to the whole grid, so eac
 bands are read and resampled as one array, as the pre-dask code did. Both run side by side on a
 crop that the in-memory version handles, then the blocks alone on the full ``--size-px`` grid.
 Prints a table and writes ``benchmarks/results/coregistration.json``.
+
+``--readers warpedvrt stackstac`` instead compares scene readers (``coregister(reader=...)``) on
+the ``--crop-px`` square, with shifted COG copies in place of the VRTs (stackstac reads a VRT
+under a lock, a GeoTIFF from several threads): each case in its own subprocess, the readers
+taking turns for ``--rounds`` rounds, wall time, CPU seconds and peak RSS per case and the load
+average before and after; writes ``benchmarks/results/coregistration_readers.json``.
 """
 
 from __future__ import annotations
@@ -45,8 +51,9 @@ SHIFTS_PX = [(0.0, 0.0), (0.3, -0.4), (-0.6, 0.25), (0.45, 0.55)]
 VRT_TYPES = {"uint16": "UInt16", "uint8": "Byte"}
 
 
-def build_test_set(out: Path, size_px: int, dates: int) -> list[dict]:
-    """Native-resolution COGs of the tile's upper-left ``size_px`` square, shifted VRTs per date,
+def build_test_set(out: Path, size_px: int, dates: int, cogs: bool = False) -> list[dict]:
+    """Native-resolution COGs of the tile's upper-left ``size_px`` square, shifted VRTs per date
+    (or shifted copies of the COGs: stackstac reads a VRT under a lock, a GeoTIFF in parallel),
     and one item per date pointing at them."""
     import numpy as np
     import rasterio
@@ -95,27 +102,58 @@ def build_test_set(out: Path, size_px: int, dates: int) -> list[dict]:
         item["id"] = f"{template['id']}_{day}"
         item["properties"]["datetime"] = f"{day}T11:20:00Z"
         for name in names:
-            with rasterio.open(out / f"{name}.tif") as src:
-                t = src.transform
-                # Content seen (dy, dx) pixels further down-right, as scipy.ndimage.shift does.
-                geo = (t.c + dx * 10, t.a, 0.0, t.f - dy * 10, 0.0, t.e)
-                vrt = folder / f"{name}.vrt"
-                vrt.write_text(
-                    f'<VRTDataset rasterXSize="{src.width}" rasterYSize="{src.height}">'
-                    f"<SRS>{src.crs.to_wkt()}</SRS>"
-                    f"<GeoTransform>{', '.join(repr(v) for v in geo)}</GeoTransform>"
-                    f'<VRTRasterBand dataType="{VRT_TYPES[src.dtypes[0]]}"'
-                    f' band="1"><NoDataValue>0</NoDataValue><SimpleSource>'
-                    f"<SourceFilename>{out / f'{name}.tif'}</SourceFilename>"
-                    f"<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>"
-                )
-            item["assets"][asset_key(item, name)]["href"] = vrt.as_uri()
+            path = (_shifted_cog if cogs else _shifted_vrt)(out / f"{name}.tif", folder, dy, dx)
+            item["assets"][asset_key(item, name)]["href"] = path.as_uri()
         items.append(item)
     return items
 
 
-def run_case(items_path: Path, size_px: int, chunk_px: int, out: Path) -> dict:
-    """Co-register the square ``size_px`` grid at the upper-left of the tile, write it, measure."""
+def _shifted_georeference(src, dy: float, dx: float) -> tuple[float, ...]:
+    """The GDAL geotransform that shows ``src``'s content (dy, dx) pixels further down-right, as
+    scipy.ndimage.shift does."""
+    t = src.transform
+    return (t.c + dx * 10, t.a, 0.0, t.f - dy * 10, 0.0, t.e)
+
+
+def _shifted_vrt(cog: Path, folder: Path, dy: float, dx: float) -> Path:
+    """A VRT of ``cog`` in ``folder`` whose georeference is shifted by (dy, dx) 10 m pixels."""
+    import rasterio
+
+    with rasterio.open(cog) as src:
+        geo = _shifted_georeference(src, dy, dx)
+        vrt = folder / f"{cog.stem}.vrt"
+        vrt.write_text(
+            f'<VRTDataset rasterXSize="{src.width}" rasterYSize="{src.height}">'
+            f"<SRS>{src.crs.to_wkt()}</SRS>"
+            f"<GeoTransform>{', '.join(repr(v) for v in geo)}</GeoTransform>"
+            f'<VRTRasterBand dataType="{VRT_TYPES[src.dtypes[0]]}"'
+            f' band="1"><NoDataValue>0</NoDataValue><SimpleSource>'
+            f"<SourceFilename>{cog}</SourceFilename>"
+            f"<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>"
+        )
+    return vrt
+
+
+def _shifted_cog(cog: Path, folder: Path, dy: float, dx: float) -> Path:
+    """A copy of ``cog`` in ``folder`` whose georeference is shifted by (dy, dx) 10 m pixels."""
+    import rasterio
+
+    with rasterio.open(cog) as src:
+        profile = {**src.profile, "driver": "COG", "blocksize": 512}
+        profile["transform"] = rasterio.Affine.from_gdal(*_shifted_georeference(src, dy, dx))
+        for key in ("blockxsize", "blockysize", "tiled", "interleave"):
+            profile.pop(key, None)
+        path = folder / cog.name
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(src.read(1), 1)
+    return path
+
+
+def run_case(
+    items_path: Path, size_px: int, chunk_px: int, out: Path, reader: str = "warpedvrt"
+) -> dict:
+    """Co-register the square ``size_px`` grid at the upper-left of the tile with ``reader``,
+    write it, measure."""
     import numpy as np
     from affine import Affine
 
@@ -127,20 +165,22 @@ def run_case(items_path: Path, size_px: int, chunk_px: int, out: Path) -> dict:
     items = json.loads(items_path.read_text())
     left, top = 199980.0, 2800020.0  # the 29RKH tile's upper-left corner
     grid = Grid(32629, Affine(10.0, 0.0, left, 0.0, -10.0, top), width=size_px, height=size_px)
-    start = time.perf_counter()
-    stack = coregister(items, grid, region="29RKH", chunk_px=chunk_px)
+    start, cpu_start = time.perf_counter(), _cpu_s()
+    stack = coregister(items, grid, region="29RKH", chunk_px=chunk_px, reader=reader)
     write_stack(stack, out)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, _cpu_s() - cpu_start
     written = open_stack(out)
     planted = np.array(SHIFTS_PX * len(items))[: len(items)]
     dates = stack_dates(written)
     reference = planted[dates.index(written.attrs["reference_date"])]
     error = np.abs(written.shift_px.values - (planted - reference)).max()
     return {
+        "reader": reader,
         "size_px": size_px,
         "dates": len(items),
         "chunk_px": chunk_px,
         "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "pixels_per_s": round(len(items) * size_px * size_px / wall),
         "max_shift_error_px": round(float(error), 4),
@@ -148,9 +188,22 @@ def run_case(items_path: Path, size_px: int, chunk_px: int, out: Path) -> dict:
     }
 
 
-def measure(items_path: Path, size_px: int, chunk_px: int, tmp: Path, cache_mb: int) -> dict:
+def _cpu_s() -> float:
+    """User plus system CPU seconds of this process so far, all its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(
+    items_path: Path,
+    size_px: int,
+    chunk_px: int,
+    tmp: Path,
+    cache_mb: int,
+    reader: str = "warpedvrt",
+) -> dict:
     """One case in a fresh subprocess (its own peak RSS), its output zarr removed afterwards."""
-    out = tmp / f"stack_{size_px}_{chunk_px}.zarr"
+    out = tmp / f"stack_{size_px}_{chunk_px}_{reader}.zarr"
     result = subprocess.run(
         [
             sys.executable,
@@ -160,6 +213,7 @@ def measure(items_path: Path, size_px: int, chunk_px: int, tmp: Path, cache_mb: 
             str(size_px),
             str(chunk_px),
             str(out),
+            reader,
         ],
         cwd=REPO,
         env={**os.environ, "GDAL_CACHEMAX": str(cache_mb)},
@@ -168,9 +222,81 @@ def measure(items_path: Path, size_px: int, chunk_px: int, tmp: Path, cache_mb: 
         check=False,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"case {size_px} px, blocks {chunk_px}: {result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"case {size_px} px, blocks {chunk_px}, {reader}: {result.stderr[-2000:]}"
+        )
     shutil.rmtree(out, ignore_errors=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def compare_readers(args: argparse.Namespace) -> None:
+    """The readers side by side on the ``--crop-px`` square: each case in its own subprocess,
+    the readers taking turns round after round, the load average recorded around them."""
+    from statistics import median
+
+    from matter_model.atomic_io import atomic_write_text
+    from pipelines.coregistration import DEFAULT_CHUNK_PX
+
+    chunk_px = args.chunk_px or DEFAULT_CHUNK_PX
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="coreg-readers-") as tmp_name:
+        tmp = Path(tmp_name)
+        items_path = tmp / "items.json"
+        items_path.write_text(json.dumps(build_test_set(tmp, args.crop_px, args.dates, cogs=True)))
+        runs = []
+        for r in range(args.rounds):
+            order = args.readers if r % 2 == 0 else args.readers[::-1]
+            for reader in order:
+                row = measure(items_path, args.crop_px, chunk_px, tmp, args.gdal_cache_mb, reader)
+                runs.append({"round": r, "load_1min": round(os.getloadavg()[0], 2), **row})
+                print(json.dumps(runs[-1]), flush=True)
+    load_after = [round(v, 2) for v in os.getloadavg()]
+    first, *others = args.readers
+    summary = {
+        name: {
+            key: median(row[key] for row in runs if row["reader"] == name)
+            for key in ("wall_s", "cpu_s", "peak_rss_mb")
+        }
+        for name in args.readers
+    }
+    ratios = {
+        f"{other}/{first}": {
+            key: round(
+                median(
+                    b[key] / a[key]
+                    for a, b in zip(
+                        [x for x in runs if x["reader"] == first],
+                        [x for x in runs if x["reader"] == other],
+                        strict=True,
+                    )
+                ),
+                3,
+            )
+            for key in ("wall_s", "cpu_s", "peak_rss_mb")
+        }
+        for other in others
+    }
+    result = {
+        "machine": f"{os.cpu_count()} CPU cores, shared",
+        "test_set": (
+            f"29RKH L2A upsampled to native resolution, {args.crop_px} px square from the tile's "
+            f"upper-left corner, {args.dates} dates as shifted COG copies (planted shifts "
+            f"{SHIFTS_PX[: args.dates]}), {chunk_px} px blocks"
+        ),
+        "gdal_cache_mb": args.gdal_cache_mb,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "runs": runs,
+        "median": summary,
+        "median_ratio_of_pairs": ratios,
+    }
+    print(f"{'reader':<12}{'wall s':>9}{'CPU s':>9}{'peak MB':>9}")
+    for name, row in summary.items():
+        print(f"{name:<12}{row['wall_s']:>9.1f}{row['cpu_s']:>9.1f}{row['peak_rss_mb']:>9.0f}")
+    print(f"ratios (median of round pairs): {ratios}; load {load_before} -> {load_after}")
+    out = args.out or RESULTS / "coregistration_readers.json"
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -181,17 +307,28 @@ def main() -> None:
     parser.add_argument("--crop-px", type=int, default=2048, help="side of the side-by-side crop")
     parser.add_argument("--dates", type=int, default=3)
     parser.add_argument("--gdal-cache-mb", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=None, help="the JSON to write")
     parser.add_argument(
-        "--out", type=Path, default=RESULTS / "coregistration.json", help="the JSON to write"
+        "--readers",
+        nargs="+",
+        help="compare these readers (coregister's READERS) side by side on the crop instead, "
+        "taking turns for --rounds rounds; writes --out (default coregistration_readers.json)",
     )
-    parser.add_argument("--case", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the reader comparison")
+    parser.add_argument("--chunk-px", type=int, default=None, help="block of the comparison")
+    parser.add_argument("--case", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
-        items_path, size_px, chunk_px, out = args.case
-        print(json.dumps(run_case(Path(items_path), int(size_px), int(chunk_px), Path(out))))
+        items_path, size_px, chunk_px, out, reader = args.case
+        print(
+            json.dumps(run_case(Path(items_path), int(size_px), int(chunk_px), Path(out), reader))
+        )
         return
     if not REAL_TILE.exists():
         sys.exit(f"{REAL_TILE} is absent: set MATTER_REAL_DATA to the shared data folder")
+    if args.readers:
+        compare_readers(args)
+        return
     from matter_model.atomic_io import atomic_write_text
     from pipelines.coregistration import DEFAULT_CHUNK_PX
 
@@ -247,8 +384,9 @@ def main() -> None:
         f"in memory / blocks peak on the crop: {result['crop_peak_ratio_in_memory_over_blocks']}x; "
         f"the full grid in memory would need over {result['full_grid_in_memory_lower_bound_mb']} MB"
     )
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    out = args.out or RESULTS / "coregistration.json"
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
