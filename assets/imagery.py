@@ -17,6 +17,7 @@ from pipelines.grid import region_grid, utm_epsg
 from pipelines.stac import StacSearchError, item_mgrs_tile, search_items
 from pipelines.stac.hrefs import HrefPolicy
 from pipelines.stac.items import check_asset_hrefs, split_usable
+from pipelines.stac.snapshot import read_snapshot, write_snapshot
 from pipelines.stack_store import open_stack, write_stack
 
 GROUP = "imagery"
@@ -35,7 +36,9 @@ def stac_items(
     """Sentinel-2 L2A items over the region in the time window, under the cloud-cover limit.
 
     Items the pipeline cannot read (missing bands, projection or processing baseline) are
-    skipped; their count and reasons go into the metadata.
+    skipped; their count and reasons go into the metadata. The usable items are frozen as a
+    STAC-GeoParquet snapshot (its path and SHA-256 in the metadata); the JSON beside it, which
+    the stack reads, holds the items as read back from the snapshot.
     """
     part = region_window(context)
     region = CONFIG.region(part.region)
@@ -49,6 +52,9 @@ def stac_items(
             f"none of the {len(found)} items found for {part.region} {part.window} is usable: "
             f"{reasons}"
         )
+    snapshot = store.items_snapshot(part.region, part.window)
+    snapshot_sha256 = write_snapshot(snapshot, items)
+    items = read_snapshot(snapshot, part.key)  # downstream reads what the snapshot holds
     path = store.items(part.region, part.window)
     atomic_write_text(path, json.dumps({"type": "FeatureCollection", "features": items}))
     clouds = [it["properties"]["eo:cloud_cover"] for it in items]
@@ -62,6 +68,8 @@ def stac_items(
             "mean_cloud_cover_pct": float(np.mean(clouds)),
             "endpoint": request.url if not stac.is_demo else "demo world (rustac serve)",
             "path": dg.MetadataValue.path(str(path)),
+            "snapshot": dg.MetadataValue.path(str(snapshot)),
+            "snapshot_sha256": snapshot_sha256,
         }
     )
 

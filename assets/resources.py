@@ -35,6 +35,10 @@ class DataStore(dg.ConfigurableResource):
     def items(self, region: str, window: str) -> Path:
         return self.path("items", region, f"{window}.json")
 
+    def items_snapshot(self, region: str, window: str) -> Path:
+        """The partition's items as STAC-GeoParquet: what a replay reads instead of searching."""
+        return self.path("items", region, f"{window}.parquet")
+
     def stack(self, region: str, window: str) -> Path:
         return self.path("stacks", region, f"{window}.zarr")
 
