@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from matter_model.bands import MATTER_BANDS
 from pipelines import tiling
@@ -88,6 +96,10 @@ class StacSettings(Section):
     @classmethod
     def _host_patterns(cls, hosts: tuple[str, ...] | None) -> tuple[str, ...] | None:
         return hosts if hosts is None else tuple(check_host_pattern(h) for h in hosts)
+
+    # true: `stac_items` reads each partition's STAC-GeoParquet snapshot instead of searching,
+    # and no STAC API is contacted (nor the demo server started)
+    replay: StrictBool = False
 
 
 class TimeWindows(Section):

@@ -33,6 +33,7 @@ defs = dg.Definitions(
             demo_world_spec=CONFIG.stac.demo_world_spec,
             collection=CONFIG.stac.collection,
             max_cloud_cover=CONFIG.stac.max_cloud_cover,
+            replay=CONFIG.stac.replay,
         ),
         "pipes": pipes_client(CONFIG.training, _store.path()),
         "dask_cluster": DaskCluster(**CONFIG.dask.model_dump()),

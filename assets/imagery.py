@@ -7,7 +7,7 @@ import numpy as np
 
 from assets.config import endpoint_url
 from assets.dask_resource import DaskCluster
-from assets.partitions import CONFIG, REGION_WINDOWS, region_window
+from assets.partitions import CONFIG, REGION_WINDOWS, RegionWindow, region_window
 from assets.previews import figure_png, png_metadata, true_colour
 from assets.resources import DataStore, StacApi
 from matter_model.atomic_io import atomic_write_text
@@ -17,7 +17,7 @@ from pipelines.grid import region_grid, utm_epsg
 from pipelines.stac import StacSearchError, item_mgrs_tile, search_items
 from pipelines.stac.hrefs import HrefPolicy
 from pipelines.stac.items import check_asset_hrefs, split_usable
-from pipelines.stac.snapshot import read_snapshot, write_snapshot
+from pipelines.stac.snapshot import file_sha256, read_snapshot, write_snapshot
 from pipelines.stack_store import open_stack, write_stack
 
 GROUP = "imagery"
@@ -29,20 +29,10 @@ def href_policy(endpoint: str) -> HrefPolicy:
     return HrefPolicy.for_endpoint(endpoint, CONFIG.stac.asset_hosts, CONFIG.stac.href_rewrites)
 
 
-@dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, kinds={"stac"})
-def stac_items(
-    context: dg.AssetExecutionContext, stac: StacApi, store: DataStore
-) -> dg.MaterializeResult:
-    """Sentinel-2 L2A items over the region in the time window, under the cloud-cover limit.
-
-    Items the pipeline cannot read (missing bands, projection or processing baseline) are
-    skipped; their count and reasons go into the metadata. The usable items are frozen as a
-    STAC-GeoParquet snapshot (its path and SHA-256 in the metadata); the JSON beside it, which
-    the stack reads, holds the items as read back from the snapshot.
-    """
-    part = region_window(context)
-    region = CONFIG.region(part.region)
-    request = stac.request(region, part.start, part.end)
+def search_usable(stac: StacApi, part: RegionWindow) -> tuple[list[dict], dict[str, str], str]:
+    """The partition's usable items from the STAC API, the skipped ones' reasons by item id, and
+    the endpoint searched; no usable item is an error."""
+    request = stac.request(CONFIG.region(part.region), part.start, part.end)
     found = search_items(request)
     items, skipped = split_usable(found)
     check_asset_hrefs(items, href_policy(stac.url))  # before anything is written or read
@@ -52,8 +42,30 @@ def stac_items(
             f"none of the {len(found)} items found for {part.region} {part.window} is usable: "
             f"{reasons}"
         )
+    return items, reasons, request.url if not stac.is_demo else "demo world (rustac serve)"
+
+
+@dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, kinds={"stac"})
+def stac_items(
+    context: dg.AssetExecutionContext, stac: StacApi, store: DataStore
+) -> dg.MaterializeResult:
+    """Sentinel-2 L2A items over the region in the time window, under the cloud-cover limit.
+
+    Items the pipeline cannot read (missing bands, projection or processing baseline) are
+    skipped; their count and reasons go into the metadata. The usable items are frozen as a
+    STAC-GeoParquet snapshot (its path and SHA-256 in the metadata); the JSON beside it, which
+    the stack reads, holds the items as read back from the snapshot. With ``stac.replay`` the
+    snapshot is read instead of searching, so the partition is rebuilt from the same items.
+    """
+    part = region_window(context)
     snapshot = store.items_snapshot(part.region, part.window)
-    snapshot_sha256 = write_snapshot(snapshot, items)
+    if stac.replay:
+        reasons: dict[str, str] = {}
+        endpoint = "replay of the snapshot (stac.replay)"
+        context.log.info(f"stac.replay: reading the items of {part.key} from {snapshot}")
+    else:
+        found, reasons, endpoint = search_usable(stac, part)
+        write_snapshot(snapshot, found)
     items = read_snapshot(snapshot, part.key)  # downstream reads what the snapshot holds
     path = store.items(part.region, part.window)
     atomic_write_text(path, json.dumps({"type": "FeatureCollection", "features": items}))
@@ -63,13 +75,13 @@ def stac_items(
             "items": len(items),
             "dates": sorted({item_date(it) for it in items}),
             "tiles": sorted({item_mgrs_tile(it) or "?" for it in items}),
-            "items_skipped": len(skipped),
+            "items_skipped": len(reasons),
             "skipped_reasons": dg.MetadataValue.json(reasons),
             "mean_cloud_cover_pct": float(np.mean(clouds)),
-            "endpoint": request.url if not stac.is_demo else "demo world (rustac serve)",
+            "endpoint": endpoint,
             "path": dg.MetadataValue.path(str(path)),
             "snapshot": dg.MetadataValue.path(str(snapshot)),
-            "snapshot_sha256": snapshot_sha256,
+            "snapshot_sha256": file_sha256(snapshot),
         }
     )
 

@@ -69,6 +69,7 @@ def test_defaults_fill_what_a_file_leaves_out() -> None:
         Path("cfg.yaml"),
     )
     assert config.stac.endpoint == "demo" and config.stac.max_cloud_cover == 100
+    assert config.stac.replay is False
     assert config.screen.threshold == DEMO["screen"]["threshold"] == 0.5
     assert config.time_windows.months == 3 and config.time_windows.end is None
     assert config.tiling.bands == tuple(DEMO["tiling"]["bands"])
@@ -117,6 +118,8 @@ def test_defaults_fill_what_a_file_leaves_out() -> None:
             {"stac": {"asset_hosts": ["https://x.org"]}},
             r"stac\.asset_hosts: asset host .*host name",
         ),
+        ({"stac": {"replay": "on"}}, r"stac\.replay: Input should be a valid boolean"),
+        ({"stac": {"replay": 1}}, r"stac\.replay: Input should be a valid boolean"),
         ({"training": {"launcher": "slurm"}}, r"training\.launcher: .*'subprocess'"),
         (
             {"training": {"overrides": {"temprature": 0.1}}},

@@ -79,3 +79,11 @@ def test_unreachable_api_keeps_the_cursor(tiny_world: Path, tmp_path: Path, caps
 @pytest.mark.parametrize("ids", [["b", "a"], ["a", "b"]])
 def test_digest_ignores_order(ids: list[str]) -> None:
     assert items_digest(ids) == items_digest(["a", "b"])
+
+
+def test_replay_polls_nothing() -> None:
+    resources = {"stac": StacApi(endpoint="http://127.0.0.1:9", replay=True)}
+    with dg.build_sensor_context(cursor="{}", resources=resources) as context:
+        result = new_scenes(context)
+    assert not result.run_requests and "stac.replay" in result.skip_reason.skip_message
+    assert result.cursor is None  # the cursor is kept as it was
