@@ -1,19 +1,23 @@
 """Patch assets: the change screen of each partition and its anchor / positive / negative crops."""
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
+from assets.model import product_level_of
 from assets.partitions import CONFIG, REGION_WINDOWS, RegionWindow, region_window
 from assets.previews import figure_png, png_metadata
 from assets.resources import DataStore
 from matter_model.atomic_io import atomic_write_text
-from matter_model.patch_store import ROLES, read_shard
+from matter_model.patch_store import ROLES, manifest_path, read_shard, record_manifest
 from pipelines.change_screen import screen_windows, screening_quality, window_truth
 from pipelines.dates import stack_dates
 from pipelines.demo_world.truth import change_truth
+from pipelines.manifest import triplet_manifest, write_manifest
 from pipelines.stack_store import open_stack, stack_grid
 from pipelines.tiling import NegativePool, StackSource, TilingSettings, tile_to_store
 
@@ -108,9 +112,39 @@ def tiling_inputs(store: DataStore, part: RegionWindow) -> TilingInputs:
     return TilingInputs(StackSource(stack, bands), screen, bands, TilingSettings(**settings), pool)
 
 
+def record_manifests(store: DataStore, part: RegionWindow, shards: list[Path]) -> dict:
+    """Write the triplet manifest of each of the partition's ``shards`` and record it in the
+    store's provenance; return the provenance as the store now holds it."""
+    provenance: dict = {}
+    for shard in shards:
+        patches = pd.read_csv(shard / "patches.csv")
+        regions = {part.region, *patches["negative_region"].dropna().astype(str)}
+        screens = {r: pd.read_csv(store.screen(r, part.window)) for r in regions}
+        items = {
+            r: json.loads(store.items(r, part.window).read_text())["features"] for r in regions
+        }
+        manifest = triplet_manifest(patches, shard.name, screens, items)
+        digest = write_manifest(manifest_path(store.patch_store, shard.name), manifest)
+        behind = {i for role in ROLES for ids in manifest[f"{role}_items"] for i in ids}
+        provenance = record_manifest(
+            store.patch_store,
+            shard.name,
+            digest,
+            behind,
+            product_level=product_level_of(CONFIG.stac.collection),
+            gsd_m=CONFIG.grid.resolution_m,
+        )
+    return provenance
+
+
 @dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, deps=[change_screen], kinds={"zarr"})
 def patch_triplets(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
-    """Anchor / positive / negative crops of the unchanged windows, one shard per partition."""
+    """Anchor / positive / negative crops of the unchanged windows, one shard per partition.
+
+    Each shard gets a GeoParquet manifest (footprint, dates, STAC item ids, valid shares and
+    change scores per triplet) and the store's ``provenance.json`` a digest over every shard's
+    manifest, which the exported model card cites.
+    """
     part = region_window(context)
     inputs = tiling_inputs(store, part)
     bands = inputs.bands
@@ -125,11 +159,16 @@ def patch_triplets(context: dg.AssetExecutionContext, store: DataStore) -> dg.Ma
         inputs.negative_pool,
     )
     (shard,) = result.shards
+    provenance = record_manifests(store, part, [shard])
     metadata: dict = {
         "triplets": result.triplets,
         "bands": bands,
         "bytes_written": sum(f.stat().st_size for f in shard.rglob("*") if f.is_file()),
         "shard": dg.MetadataValue.path(str(shard)),
+        "manifest": dg.MetadataValue.path(str(manifest_path(store.patch_store, shard_id))),
+        "manifest_sha256": provenance["shards"][shard_id]["sha256"],
+        "store_manifest_digest": provenance["manifest_digest"],
+        "store_stac_items": provenance["stac_items"],
     }
     if result.triplets:
         shown = read_shard(store.patch_store, shard_id, slice(0, 4))

@@ -29,6 +29,7 @@ from matter_model.atomic_io import atomic_directory
 from matter_model.checkpoint import CheckpointError, load_checkpoint, model_config, model_from_state
 from matter_model.inputs import SCENE_STANDARDISED
 from matter_model.logs import configure_cli_logging
+from matter_model.patch_store import PROVENANCE, read_provenance
 from matter_model.pretrained import (
     CARD,
     CARD_FORMAT,
@@ -64,14 +65,18 @@ class ExportInputError(ValueError):
 
 
 def _store_json(patch_store: str | Path | None) -> tuple[dict[str, Any], str | None]:
-    """The patch store's store.json, or {} and why it could not be read."""
+    """The patch store's store.json with what its provenance.json records laid over it
+    (``matter_model.patch_store.PROVENANCE``), or {} and why it could not be read."""
     if not patch_store:
         return {}, "the checkpoint names no patch store"
     path = Path(patch_store) / "store.json"
     try:
-        return json.loads(path.read_text()), None
+        meta = json.loads(path.read_text())
+        provenance = read_provenance(patch_store)
     except (OSError, json.JSONDecodeError) as exc:
-        return {}, f"the patch store's store.json could not be read at export ({exc})"
+        return {}, f"the patch store's store.json or {PROVENANCE} could not be read ({exc})"
+    provenance.pop("shards", None)  # per shard: the manifests' own record
+    return {**meta, **provenance}, None
 
 
 def _known(key: str, value: Any, reason: str) -> dict[str, Any]:
@@ -80,10 +85,13 @@ def _known(key: str, value: Any, reason: str) -> dict[str, Any]:
 
 
 def data_record(patch_store: str | Path | None) -> dict[str, Any]:
-    """What the patch store records about the data behind the model (its manifest digest and
-    STAC item count, from store.json's ``manifest_digest`` and ``stac_items``)."""
+    """What the patch store records about the data behind the model: the digest of its triplet
+    manifests and the number of STAC items behind them (``manifest_digest`` and ``stac_items`` of
+    its provenance.json, or of store.json)."""
     meta, unreadable = _store_json(patch_store)
-    missing = unreadable or "the patch store's store.json does not record it"
+    missing = unreadable or (
+        f"the patch store records no provenance ({PROVENANCE}): re-run `patch_triplets`"
+    )
     return {
         "patch_store_format": meta.get("format"),
         "patch_store_version": meta.get("version"),
@@ -97,8 +105,8 @@ def _resolve_level(given: str | None, store: dict[str, Any]) -> str:
     recorded = store.get("product_level")
     if given is None and recorded is None:
         raise ExportInputError(
-            "neither --product-level nor the patch store's store.json says which product level "
-            "the model was trained on; pass --product-level L1C or L2A"
+            "neither --product-level nor the patch store (store.json, provenance.json) says "
+            "which product level the model was trained on; pass --product-level L1C or L2A"
         )
     level = parse_product_level(given if given is not None else recorded)
     if recorded is not None and parse_product_level(recorded) != level:

@@ -10,6 +10,10 @@ Layout (format ``matter-patch-store`` version 1)::
         positive  (N, C, S, S) ``dtype``, the same window at another date t_j
         negative  (N, C, S, S) ``dtype``, another unchanged window
         patches.csv           one row per triplet (region, tile, dates, bbox, CRS, transform, ...)
+      manifests/<shard_id>.parquet   optional: the shard's triplet manifest, GeoParquet
+                              (``pipelines.manifest``: footprint, dates, STAC item ids, scores)
+      provenance.json         optional: {"manifest_digest", "stac_items", "product_level",
+                              "gsd_m", "shards": {shard_id: {"manifest", "sha256", "items"}}}
 
 ``values`` says what the numbers are (``matter_model.inputs.VALUES``): ``reflectance``
 (DN / 10000, the STAC path's L2A surface reflectance) or ``scene-standardised`` (each band of
@@ -29,6 +33,13 @@ given, and is what stores written before the encoding existed hold. The codec is
 Each array is sharded: one file per 64 triplets, one zstd chunk per triplet inside it, so a
 random read decodes only the patch it wants.
 
+``provenance.json`` is what a model card cites of the data (``matter_model.export``):
+``manifest_digest`` is the SHA-256 of the sorted SHA-256s of the manifests of the store's
+shards, one per line, so it does not depend on the order partitions were tiled in; ``stac_items``
+counts the distinct STAC items behind them. :func:`record_manifest` rewrites it under a lock
+whenever a shard's manifest is written; a store without it (written before it existed, or by
+another tiler) reads as recording nothing.
+
 A shard is written under a hidden temporary name, fsynced and renamed into place
 (``matter_model.atomic_io.atomic_directory``), so a reader never sees a half-written shard, even
 after the writer is killed with SIGKILL; rewriting a shard with the same id swaps it whole, and
@@ -38,8 +49,10 @@ that starts with a dot; the next write removes what killed writers left behind.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +66,7 @@ from matter_model.atomic_io import atomic_directory, atomic_write_text
 from matter_model.inputs import REFLECTANCE, SCENE_STANDARDISED, VALUES
 
 FORMAT = "matter-patch-store"
+PROVENANCE = "provenance.json"
 VERSION = 1
 ROLES = ("anchor", "positive", "negative")
 # One file (zarr shard) holds this many triplets of a role; inside it each triplet is its own
@@ -212,6 +226,54 @@ def read_info(root: str | Path) -> StoreInfo:
         float(meta.get("offset", 0.0)),
         meta.get("codec", DEFAULT_CODEC),
     )
+
+
+def manifest_path(root: str | Path, shard_id: str) -> Path:
+    """Where the triplet manifest of shard ``shard_id`` lives."""
+    return Path(root) / "manifests" / f"{shard_id}.parquet"
+
+
+def read_provenance(root: str | Path) -> dict:
+    """The store's ``provenance.json``, or {} when it records none."""
+    path = Path(root) / PROVENANCE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def manifest_digest(digests: Iterable[str]) -> str:
+    """The SHA-256 of the sorted manifest SHA-256s, one per line: independent of their order."""
+    return hashlib.sha256("".join(f"{d}\n" for d in sorted(digests)).encode()).hexdigest()
+
+
+def record_manifest(
+    root: str | Path, shard_id: str, sha256: str, items: Iterable[str], **facts: object
+) -> dict:
+    """Record shard ``shard_id``'s manifest (its SHA-256 and the STAC item ids behind it) and
+    ``facts`` (``product_level``, ``gsd_m``) in ``provenance.json``; return what it now holds.
+
+    The digest and item count are recomputed over every shard of the store that has a recorded
+    manifest (shards no longer in the store are dropped), under an exclusive lock, so partitions
+    tiled at once by several processes on one host do not lose each other's records.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".provenance.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        provenance = {**read_provenance(root), **facts}
+        shards = provenance.get("shards", {})
+        shards[shard_id] = {
+            "manifest": manifest_path(".", shard_id).as_posix(),
+            "sha256": sha256,
+            "items": sorted(set(items)),
+        }
+        present = set(shard_ids(root))
+        shards = {k: v for k, v in sorted(shards.items()) if k in present}
+        provenance.update(
+            manifest_digest=manifest_digest(v["sha256"] for v in shards.values()),
+            stac_items=len({i for v in shards.values() for i in v["items"]}),
+            shards=shards,
+        )
+        atomic_write_text(root / PROVENANCE, json.dumps(provenance, indent=2, sort_keys=True))
+    return provenance
 
 
 def write_shard(

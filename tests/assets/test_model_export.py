@@ -6,10 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from assets.model import EXPORT, export_model, product_level_of
+from assets.partitions import CONFIG
 from assets.resources import DataStore
+from matter_model.patch_store import StoreInfo, record_manifest, write_shard
 from matter_model.pretrained import CARD, load
 from tests.matter_model.tiny_model import tiny_checkpoint
 
@@ -30,3 +34,19 @@ def test_export_lands_beside_the_checkpoint(tmp_path: Path) -> None:
     assert card["inputs"]["product_level"] == "L2A" and card["inputs"]["gsd_m"] == 10
     assert "could not be read" in card["data"]["manifest_digest_reason"]  # no store here
     load(folder)
+
+
+def test_the_card_cites_the_manifest_digest_patch_triplets_recorded(tmp_path: Path) -> None:
+    store = DataStore(root=str(tmp_path))
+    empty = np.zeros((0, 9, 8, 8), np.float32)
+    info = StoreInfo(tuple(CONFIG.tiling.bands), 8)
+    write_shard(store.patch_store, "beauce__2024-04-01", info, empty, empty, empty, pd.DataFrame())
+    recorded = record_manifest(
+        store.patch_store, "beauce__2024-04-01", "a" * 64, ["S2_x"], product_level="L2A"
+    )
+    tiny_checkpoint(store.model_dir / "checkpoint.pt", patch_store=str(store.patch_store))
+    card = export_model(store)
+    assert card["data"]["manifest_digest"] == recorded["manifest_digest"]
+    assert card["data"]["stac_items"] == 1
+    exported = json.loads((store.model_dir / EXPORT / CARD).read_text())
+    assert exported["data"]["manifest_digest"] == recorded["manifest_digest"]

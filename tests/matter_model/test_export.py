@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from matter_model.bands import MATTER_BANDS
 from matter_model.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from matter_model.export import ExportInputError, export, main
 from matter_model.inputs import SCENE_STANDARDISED, standardize
+from matter_model.patch_store import StoreInfo, manifest_digest, record_manifest, write_shard
 from matter_model.pretrained import CARD, WEIGHTS, ExportError, InputMismatchError, load
 from tests.matter_model.tiny_model import TINY_MODEL, tiny_checkpoint
 
@@ -107,6 +109,22 @@ def test_card_reads_what_the_patch_store_records(tmp_path: Path) -> None:
     np.testing.assert_allclose(prepare(dn, MATTER_BANDS, "l1c")[0].numpy(), expected, atol=1e-5)
     with pytest.raises(ExportInputError, match="--product-level L2A contradicts.*L1C"):
         export(checkpoint, tmp_path / "out", "L2A")
+
+
+def test_card_cites_the_provenance_of_the_patch_store(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    empty = np.zeros((0, len(MATTER_BANDS), 8, 8), np.float32)
+    write_shard(
+        store, "r__2024-04-01", StoreInfo(MATTER_BANDS, 8), empty, empty, empty, pd.DataFrame()
+    )
+    recorded = record_manifest(
+        store, "r__2024-04-01", "f" * 64, ["S2A_1", "S2B_2"], product_level="L2A", gsd_m=10.0
+    )
+    card = export(_checkpoint(tmp_path / "c.pt", store), tmp_path / "out")
+    digest = manifest_digest(["f" * 64])
+    assert card["data"]["manifest_digest"] == recorded["manifest_digest"] == digest
+    assert card["data"]["stac_items"] == 2 and "shards" not in card["data"]
+    assert card["inputs"]["product_level"] == "L2A" and card["inputs"]["gsd_m"] == 10.0
 
 
 def test_export_needs_a_product_level(tmp_path: Path) -> None:

@@ -24,8 +24,11 @@ from matter_model.patch_store import (
     PatchStoreError,
     StoreInfo,
     TripletDataset,
+    manifest_digest,
     read_info,
     read_patches,
+    read_provenance,
+    record_manifest,
     shard_ids,
     write_shard,
 )
@@ -269,3 +272,29 @@ def test_a_store_keeps_the_encoding_it_was_started_with(tmp_path) -> None:
 def test_an_unknown_codec_is_refused() -> None:
     with pytest.raises(PatchStoreError, match="unknown codec 'gzip'; choose one of"):
         StoreInfo(INFO.bands, INFO.patch_size, codec="gzip")
+
+
+def test_provenance_digest_does_not_depend_on_the_order(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        write_shard(tmp_path / "one", name, INFO, **_shard(2))
+        write_shard(tmp_path / "two", name, INFO, **_shard(2))
+    record_manifest(tmp_path / "one", "a", "1" * 64, ["i1", "i2"], product_level="L2A")
+    one = record_manifest(tmp_path / "one", "b", "2" * 64, ["i2", "i3"], gsd_m=10.0)
+    record_manifest(tmp_path / "two", "b", "2" * 64, ["i3", "i2"], gsd_m=10.0)
+    two = record_manifest(tmp_path / "two", "a", "1" * 64, ["i1", "i2"], product_level="L2A")
+    assert one == two == read_provenance(tmp_path / "one")
+    assert one["manifest_digest"] == manifest_digest(["2" * 64, "1" * 64])
+    assert one["stac_items"] == 3 and (one["product_level"], one["gsd_m"]) == ("L2A", 10.0)
+    assert one["shards"]["a"]["manifest"] == "manifests/a.parquet"
+    # a new manifest of a shard replaces its record; a shard gone from the store drops out
+    changed = record_manifest(tmp_path / "one", "a", "3" * 64, ["i1"])
+    assert changed["manifest_digest"] == manifest_digest(["2" * 64, "3" * 64])
+    (tmp_path / "one" / "shards" / "b").rename(tmp_path / "one" / "shards" / ".gone")
+    assert record_manifest(tmp_path / "one", "a", "3" * 64, ["i1"])["stac_items"] == 1
+
+
+def test_a_store_without_provenance_reads_as_before(tmp_path: Path) -> None:
+    write_shard(tmp_path, "a", INFO, **_shard(2))
+    assert read_provenance(tmp_path) == {}
+    assert read_info(tmp_path) == INFO
+    assert shard_ids(tmp_path) == ["a"]
