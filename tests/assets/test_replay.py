@@ -3,7 +3,9 @@ and the `StacApi` resource contacts no API and starts no demo server."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -11,7 +13,9 @@ import pytest
 
 from assets.imagery import stac_items
 from assets.resources import DataStore, StacApi
+from pipelines.stac.server import free_port
 from pipelines.stac.snapshot import SnapshotMissingError, file_sha256, write_snapshot
+from tests.assets.demo_chain import run_in, rustac_servers, tiny_config
 
 PARTITION = "beauce|2024-04-01"  # of the embedded demo configuration
 
@@ -52,3 +56,59 @@ def test_replay_without_a_snapshot_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(SnapshotMissingError, match=r"beauce/2024-04-01\.parquet of partition"):
         materialise_items(store, stac)
     assert not store.items("beauce", "2024-04-01").exists()
+
+
+def tree_sha256(path: Path) -> str:
+    """One SHA-256 over a file, or over every file of a folder (names and bytes, in order)."""
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(file_sha256(f).encode())
+    return digest.hexdigest()
+
+
+def dataset_digests(data: Path, region: str, window: str) -> dict[str, str]:
+    """The digests of everything `patch_dataset` writes for one partition."""
+    shard = f"{region}__{window}"
+    paths = {
+        "items": data / "items" / region / f"{window}.json",
+        "snapshot": data / "items" / region / f"{window}.parquet",
+        "stack": data / "stacks" / region / f"{window}.zarr",
+        "screen": data / "screens" / region / f"{window}.csv",
+        "shard": data / "patches" / "shards" / shard,
+        "manifest": data / "patches" / "manifests" / f"{shard}.parquet",
+    }
+    digests = {name: tree_sha256(path) for name, path in paths.items()}
+    provenance = json.loads((data / "patches" / "provenance.json").read_text())
+    digests["manifest_digest"] = provenance["manifest_digest"]
+    return digests
+
+
+def patch_dataset(tmp: Path, config: Path, partition: str) -> str:
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    tags = json.dumps({"dagster/partition": partition})
+    args = [dagster, "job", "execute", "-m", "assets.definitions", "-j", "patch_dataset"]
+    result = run_in([*args, "--tags", tags], config, tmp)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # two runs of the dataset job, each a few minutes on a busy machine
+def test_a_replay_rebuilds_the_partition_identically_without_the_api(tmp_path: Path) -> None:
+    region, window = "beauce", "2024-04-01"
+    # The tiny world's 3 x 3 windows leave no negative 64 px away: 32 px keeps a few triplets.
+    tiling = {"min_negative_distance_px": 32}
+    patch_dataset(tmp_path, tiny_config(tmp_path, tiling=tiling), f"{region}|{window}")
+    first = dataset_digests(tmp_path / "data", region, window)
+    triplets = tmp_path / "data" / "patches" / "shards" / f"{region}__{window}" / "patches.csv"
+    assert len(triplets.read_text().splitlines()) > 1  # a shard with triplets to compare
+
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens: a search would fail
+    replay = tiny_config(tmp_path, tiling=tiling, stac={"replay": True, "endpoint": closed})
+    log = patch_dataset(tmp_path, replay, f"{region}|{window}")
+    assert "stac.replay: reading the items" in log and "rustac serve) at" not in log
+    assert not rustac_servers(tmp_path)
+    assert dataset_digests(tmp_path / "data", region, window) == first
