@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from matter_model.inputs import Normalizer, as_reflectance, standardize
+from matter_model.inputs import Preparation, as_reflectance, standardize
 from matter_model.metrics import ConfusionCounts, confusion_counts, ranking_quality
 
 FeatureExtractor = Callable[[np.ndarray], np.ndarray]
@@ -126,7 +126,7 @@ def model_features(
     device: str = "cpu",
     tile: int = 512,
     margin: int | None = None,
-    normalize: Normalizer = as_reflectance,
+    prepare: Preparation = as_reflectance,
     output: str = "embedding",
 ) -> FeatureExtractor:
     """A feature extractor running the model's ``output`` (a key of ``MODEL_OUTPUTS``; the
@@ -134,8 +134,8 @@ def model_features(
     change maps ask for ``CHANGE_MAP_OUTPUT``) over a whole image ``(C, H, W) -> (E, H, W)``,
     or over a batch of images of one size ``(N, C, H, W) -> (N, E, H, W)`` in one pass.
 
-    Each image is first prepared by ``normalize``, which must be the preparation the model was
-    trained on (``matter_model.inputs.input_normalizer`` of its config; reflectance, as read,
+    Each image is first prepared by ``prepare``, which must be the preparation the model was
+    trained on (``matter_model.inputs.input_preparation`` of its config; reflectance, as read,
     by default). Images larger than ``tile`` are run in tiles of ``tile`` pixels plus
     ``margin`` (default ``2 * window``) of context on each side, of which only the centre is
     kept, under ``torch.no_grad``.
@@ -149,7 +149,7 @@ def model_features(
 
     def extract(image: np.ndarray) -> np.ndarray:
         batched = image.ndim == 4
-        prepared = np.stack([normalize(i) for i in image]) if batched else normalize(image)[None]
+        prepared = np.stack([prepare(i) for i in image]) if batched else prepare(image)[None]
         x = torch.from_numpy(np.ascontiguousarray(prepared, dtype=np.float32))
         n, _, h, w = x.shape
         out: np.ndarray | None = None

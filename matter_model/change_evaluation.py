@@ -26,7 +26,7 @@ from matter_model.change_detection import (
     detect_changes,
     model_features,
 )
-from matter_model.inputs import input_normalizer
+from matter_model.inputs import input_preparation
 from matter_model.metrics import ConfusionCounts
 from matter_model.rendering import render_change_map
 
@@ -108,10 +108,10 @@ def compare_with_baselines(
     """
     device = next(model.parameters()).device
     untrained = untrained_twin(model, config)
-    prepare = input_normalizer(config)
+    prepare = input_preparation(config)
     methods = {
         name: model_features(
-            network, window=window, device=str(device), normalize=prepare, output=output
+            network, window=window, device=str(device), prepare=prepare, output=output
         )
         for name, network in (("matter", model), ("untrained", untrained))
     }

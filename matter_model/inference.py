@@ -10,7 +10,7 @@ weighted: when it covers the model's receptive field, the tiled result is the wh
 Tiles run one at a time in raster order, and each pixel goes to ``write`` as soon as every tile
 weighting it has run: besides one tile, only a band of ``overlap`` rows across the image is
 held. :func:`embed_dates` runs a MATTER model so over every date of a co-registered stack,
-preparing each date as evaluation does (``matter_model.inputs.input_normalizer``), and
+preparing each date as evaluation does (``matter_model.inputs.input_preparation``), and
 :func:`change_score` / :func:`change_mask` turn two dates' features into a change map as
 :func:`matter_model.change_detection.detect_changes` does.
 """
@@ -34,10 +34,10 @@ from matter_model.change_detection import (
     otsu_threshold,
 )
 from matter_model.inputs import (
-    Normalizer,
+    Preparation,
     as_reflectance,
     band_statistics,
-    input_normalizer,
+    input_preparation,
     standardize,
 )
 
@@ -185,7 +185,7 @@ def model_runner(
     """A :data:`Runner` of prepared images ``(..., C, h, w) -> (..., E, h, w)``: the model's
     ``output`` (:func:`matter_model.change_detection.model_features`, in one pass per image)."""
     extract = model_features(
-        model, window=window, device=device, tile=1 << 30, normalize=as_reflectance, output=output
+        model, window=window, device=device, tile=1 << 30, prepare=as_reflectance, output=output
     )
 
     def run(images: np.ndarray) -> np.ndarray:
@@ -214,14 +214,14 @@ def fill_from_nearest_date(images: ArrayLike, valid: np.ndarray, date: int) -> n
     return np.nan_to_num(filled, nan=0.0)
 
 
-def date_normalizer(normalize: Normalizer, reflectance: ArrayLike, valid: ArrayLike) -> Normalizer:
-    """``normalize`` of one date ``(C, H, W)``, computed once over the whole date and applied
+def date_preparation(prepare: Preparation, reflectance: ArrayLike, valid: ArrayLike) -> Preparation:
+    """``prepare`` of one date ``(C, H, W)``, computed once over the whole date and applied
     per tile: the identity for reflectance, and for scene standardisation each band's centre
     and scale over the date's valid pixels, read one band at a time."""
-    if normalize is as_reflectance:
+    if prepare is as_reflectance:
         return as_reflectance
-    if normalize is not standardize:
-        raise ValueError(f"{normalize!r} cannot be applied tile by tile; add it to date_normalizer")
+    if prepare is not standardize:
+        raise ValueError(f"{prepare!r} cannot be applied tile by tile; add it to date_preparation")
     mask = np.asarray(valid, dtype=bool)
     stats = [
         band_statistics(np.where(mask, np.asarray(reflectance[c], np.float32), np.nan))
@@ -257,14 +257,14 @@ def embed_dates(
     dates, bands, height, width = reflectance.shape
     if bands != len(config["bands"]):
         raise ValueError(f"the stack has {bands} bands, the model expects {list(config['bands'])}")
-    normalize = input_normalizer(config)
+    preparation = input_preparation(config)
     run = model_runner(model, window, output, device)
     logger.info("%d dates of %d x %d px on %s, tiles of %d px", dates, height, width, device, tile)
     for date in range(dates):
-        prepare = date_normalizer(normalize, reflectance[date], valid[date])
+        prepare = date_preparation(preparation, reflectance[date], valid[date])
 
         def read(
-            rows: slice, cols: slice, date: int = date, prepare: Normalizer = prepare
+            rows: slice, cols: slice, date: int = date, prepare: Preparation = prepare
         ) -> np.ndarray:
             mask = np.asarray(valid[:, rows, cols], dtype=bool)
             return prepare(fill_from_nearest_date(reflectance[:, :, rows, cols], mask, date))

@@ -1,7 +1,8 @@
 """How an image is prepared for a model: the values its training patches held.
 
-A patch store says what its numbers are (:data:`VALUES`) and a checkpoint
-records it as ``inputs``, so that every downstream task feeds the model images on that scale:
+A patch store says what its numbers are (its ``values``, one of :data:`VALUES`) and a
+checkpoint records the same as ``inputs``; :func:`input_preparation` turns it into the
+:data:`Preparation` that feeds every downstream task images on that scale:
 
 - ``reflectance``: DN / 10000 as read (L2A surface or, for OSCD, L1C top-of-atmosphere);
 - ``scene-standardised``: each band of the whole image robustly standardised (median, IQR).
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-Normalizer = Callable[[np.ndarray], np.ndarray]
+Preparation = Callable[[np.ndarray], np.ndarray]
 
 REFLECTANCE = "reflectance"
 SCENE_STANDARDISED = "scene-standardised"
@@ -75,15 +76,18 @@ def as_reflectance(image: np.ndarray) -> np.ndarray:
     return image
 
 
-NORMALIZERS: dict[str, Normalizer] = {REFLECTANCE: as_reflectance, SCENE_STANDARDISED: standardize}
+PREPARATIONS: dict[str, Preparation] = {
+    REFLECTANCE: as_reflectance,
+    SCENE_STANDARDISED: standardize,
+}
 
 
-def input_normalizer(config: Mapping[str, Any]) -> Normalizer:
+def input_preparation(config: Mapping[str, Any]) -> Preparation:
     """The preparation a model's config asks for (``config['inputs']``; reflectance if absent)."""
     inputs = config.get("inputs", REFLECTANCE)
     try:
-        return NORMALIZERS[inputs]
+        return PREPARATIONS[inputs]
     except KeyError:
         raise ValueError(
-            f"the checkpoint's inputs are {inputs!r}; this version knows {sorted(NORMALIZERS)}"
+            f"the checkpoint's inputs are {inputs!r}; this version knows {sorted(PREPARATIONS)}"
         ) from None

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from matter_model.checkpoint import build_model
-from matter_model.inputs import NORMALIZERS
+from matter_model.inputs import PREPARATIONS
 from matter_model.matter import Matter
 
 logger = logging.getLogger(__name__)
@@ -125,12 +125,12 @@ class Prepare:
         self.offset = float(inputs["reflectance"]["offset"])
         self.normalisation = inputs["normalisation"]["method"]
         self.window = int(inputs["window"])
-        if self.normalisation not in NORMALIZERS:
+        if self.normalisation not in PREPARATIONS:
             raise ExportError(
                 f"the card's normalisation {self.normalisation!r} is unknown to this version "
-                f"(it knows {sorted(NORMALIZERS)}); update the code"
+                f"(it knows {sorted(PREPARATIONS)}); update the code"
             )
-        self._normalise = NORMALIZERS[self.normalisation]
+        self._normalise = PREPARATIONS[self.normalisation]
 
     def check(self, bands: Sequence[str], level: str) -> None:
         """Raise InputMismatchError unless ``bands`` and ``level`` are the card's."""

@@ -41,7 +41,7 @@ from matter_model.downstream.encoder import (
     set_mode,
     train_epochs,
 )
-from matter_model.inputs import input_normalizer
+from matter_model.inputs import input_preparation
 from matter_model.matter import Matter
 from matter_model.metrics import average_precision
 
@@ -153,7 +153,7 @@ def _splits(
 
     def dataset(split: str) -> BigEarthNet:
         return BigEarthNet(
-            args.root, split, bands, args.nomenclature, args.split_dir, input_normalizer(config)
+            args.root, split, bands, args.nomenclature, args.split_dir, input_preparation(config)
         )
 
     train_set, test_set = dataset(args.train_split), dataset(args.test_split)

@@ -53,7 +53,7 @@ from matter_model.change_detection import model_features
 from matter_model.checkpoint import build_model
 from matter_model.datasets.oscd import OSCD, OSCDCity, OSCDError
 from matter_model.downstream.oscd import add_dataset_arguments, names, setup, summary
-from matter_model.inputs import Normalizer, as_reflectance, input_normalizer
+from matter_model.inputs import Preparation, as_reflectance, input_preparation
 from matter_model.matter import Matter
 from matter_model.metrics import ConfusionCounts, confusion_counts
 
@@ -122,7 +122,7 @@ class SiameseChangeNet(nn.Module):
         """Change probability (H, W) of a whole city (its images already prepared for the
         encoder): the encoder tiled, the head on the map."""
         extract = model_features(
-            self.encoder, self.window, device=str(device), normalize=as_reflectance
+            self.encoder, self.window, device=str(device), prepare=as_reflectance
         )
         diff = np.abs(extract(city.image_1) - extract(city.image_2))
         self.eval()
@@ -318,7 +318,7 @@ def finetune(
     train_cities: Sequence[str],
     test_cities: Sequence[str],
     args: argparse.Namespace,
-    prepare: Normalizer = as_reflectance,
+    prepare: Preparation = as_reflectance,
 ) -> dict[str, Any]:
     """Train a Siamese head on a fresh encoder of each factory of ``encoders`` for each seed,
     test it on ``test_cities``; the report described in the module docstring.
@@ -402,7 +402,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             train_cities,
             test_cities,
             args,
-            input_normalizer(task.config),
+            input_preparation(task.config),
         ),
     }
     for seed, report in metrics["per_seed"].items():

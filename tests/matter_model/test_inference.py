@@ -18,14 +18,14 @@ from matter_model.checkpoint import load_model
 from matter_model.inference import (
     change_mask,
     change_score,
-    date_normalizer,
+    date_preparation,
     embed_dates,
     fill_from_nearest_date,
     spans,
     tiled_apply,
     tiled_inference,
 )
-from matter_model.inputs import SCENE_STANDARDISED, input_normalizer, standardize
+from matter_model.inputs import SCENE_STANDARDISED, input_preparation, standardize
 from tests.matter_model.tiny_model import tiny_checkpoint
 
 
@@ -155,8 +155,8 @@ def test_invalid_pixels_take_the_nearest_valid_date() -> None:
 
 def test_scene_standardisation_is_computed_once_over_the_date() -> None:
     image = np.random.default_rng(3).normal(2, 3, (4, 60, 50)).astype(np.float32)
-    normalize = input_normalizer({"inputs": SCENE_STANDARDISED})
-    per_tile = date_normalizer(normalize, image, np.ones((60, 50), bool))
+    preparation = input_preparation({"inputs": SCENE_STANDARDISED})
+    per_tile = date_preparation(preparation, image, np.ones((60, 50), bool))
     np.testing.assert_allclose(per_tile(image[:, :20, 10:30]), standardize(image)[:, :20, 10:30])
 
 

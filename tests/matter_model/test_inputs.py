@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 
-from matter_model.inputs import NORMALIZERS, VALUES, as_reflectance, input_normalizer, standardize
+from matter_model.inputs import PREPARATIONS, VALUES, as_reflectance, input_preparation, standardize
 
 
 def test_every_store_value_has_a_preparation():
-    assert set(NORMALIZERS) == set(VALUES)
-    assert input_normalizer({}) is as_reflectance  # checkpoints older than the key
-    assert input_normalizer({"inputs": "scene-standardised"}) is standardize
+    assert set(PREPARATIONS) == set(VALUES)
+    assert input_preparation({}) is as_reflectance  # checkpoints older than the key
+    assert input_preparation({"inputs": "scene-standardised"}) is standardize
     with pytest.raises(ValueError, match="'dn'.*knows"):
-        input_normalizer({"inputs": "dn"})
+        input_preparation({"inputs": "dn"})
 
 
 def test_scene_standardisation_removes_a_gain_and_offset_per_band():
