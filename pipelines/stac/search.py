@@ -6,22 +6,27 @@ filter is also applied on the client, because servers disagree on what they hono
 serve`` answers an unknown filter with HTTP 200 and no items, and Earth Search v1 ignores a CQL2
 cloud-cover filter (recorded: scenes over the limit, and Sentinel-1 scenes without cloud cover).
 
-Requests are retried with exponential backoff on HTTP 429 and 5xx, refused connections and
-timeouts. Planetary Computer items come back with signed asset hrefs (see ``signing``).
+Requests are retried with exponential backoff on HTTP 429 and 5xx, refused connections,
+timeouts and answers that break off mid-way (see ``api_io``); an answer that is not JSON and
+``next`` links that loop fail with one error naming them. Planetary Computer items come back with
+signed asset hrefs (see ``signing``).
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pystac_client
 from pystac_client.conformance import ConformanceClasses
 from pystac_client.exceptions import APIError
-from pystac_client.stac_api_io import StacApiIO
+from pystac_client.item_search import ItemSearch
 from urllib3.util.retry import Retry
 
+from pipelines.stac.api_io import BROKEN_BODY, CheckedStacApiIO, InvalidAnswerError
 from pipelines.stac.signing import SigningError, is_planetary_computer, sign_item
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
@@ -217,6 +222,16 @@ def _failure(err: APIError, what: str, url: str, retries: int) -> StacSearchErro
     """One error for a request that failed after the retry budget: URL, HTTP status, fix."""
     status = getattr(err, "status_code", None)
     detail = str(err).strip().replace("\n", " ")[:300]
+    if isinstance(err, InvalidAnswerError):
+        return StacSearchError(
+            f"{what} at {url} gave an answer that is not STAC JSON: {detail}. The server, or a "
+            "proxy in front of it, is failing: retry later, or check the endpoint URL."
+        )
+    if status is None and any(b in detail for b in BROKEN_BODY):
+        return StacSearchError(
+            f"the STAC API at {url} broke off its answer ({what}, {retries} retries: {detail}). "
+            "Check your network, or retry later."
+        )
     if status is None:
         return StacSearchError(
             f"the STAC API at {url} does not answer ({what}, {retries} retries: {detail}). "
@@ -241,7 +256,13 @@ def open_client(request: SearchRequest) -> pystac_client.Client:
         allowed_methods=None,  # POST /search is a read: retry it like a GET
         raise_on_status=False,
     )
-    stac_io = StacApiIO(headers=request.headers, max_retries=retry, timeout=request.timeout_s)
+    stac_io = CheckedStacApiIO(
+        headers=request.headers,
+        max_retries=retry,
+        timeout=request.timeout_s,
+        body_retries=request.max_retries,
+        backoff_s=request.retry_backoff_s,
+    )
     try:
         return pystac_client.Client.open(request.url, stac_io=stac_io, timeout=request.timeout_s)
     except APIError as err:
@@ -278,7 +299,7 @@ def search_items(request: SearchRequest) -> list[dict]:
         **server_filters(client, request),
     )
     try:
-        items = [item for item in search.items_as_dicts() if request.keeps(item)]
+        items = [item for item in _paged_items(search) if request.keeps(item)]
     except APIError as err:
         _check_collections(client, request)
         raise _failure(err, "the search", search.url, request.max_retries) from None
@@ -291,6 +312,43 @@ def search_items(request: SearchRequest) -> list[dict]:
         except SigningError as err:
             raise StacSearchError(str(err)) from None
     return sorted(items, key=lambda it: (it["properties"]["datetime"], it["id"]))
+
+
+def _paged_items(search: ItemSearch) -> Iterator[dict]:
+    """The search's items page by page, stopping with an error where the ``next`` links loop.
+
+    A server whose ``next`` link leads back to a page already read would otherwise be paged
+    forever (``pystac_client`` follows ``next`` until a page has none).
+    """
+    followed: set[str] = set()
+    seen_ids: set[str] = set()
+    for number, page in enumerate(search.pages_as_dicts(), start=1):
+        ids = {str(item.get("id")) for item in page.get("features", [])}
+        if ids and ids <= seen_ids:
+            raise StacSearchError(
+                _loop_message(search.url, number, "repeats items of earlier pages")
+            )
+        seen_ids |= ids
+        yield from page.get("features", [])
+        link = next((k for k in page.get("links", []) if k.get("rel") == "next"), None)
+        if link is None:
+            continue
+        key = json.dumps([link.get("href"), link.get("method"), link.get("body")], sort_keys=True)
+        if key in followed:
+            raise StacSearchError(
+                _loop_message(
+                    search.url, number, f"has a `next` link already followed ({link['href']})"
+                )
+            )
+        followed.add(key)
+
+
+def _loop_message(url: str, number: int, what: str) -> str:
+    return (
+        f"the search at {url} pages in a loop: page {number} {what}, so following its `next` "
+        "links never ends. "
+        "The STAC API's paging is broken: report it to its operator, or set `max_items`."
+    )
 
 
 def _nothing_found(request: SearchRequest) -> str:
