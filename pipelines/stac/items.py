@@ -5,8 +5,8 @@ the href of a band's asset, and its acquisition date.
 
 A search returns whatever the server holds, and real catalogues hold items that cannot be read
 onto a grid: Landsat scenes next to Sentinel-2 in a multi-collection search, items without
-projection metadata, items whose band assets were never published. Each such item is skipped
-with its reason, logged and counted, instead of failing the whole region later on.
+projection metadata, items whose band assets were never published or carry no href. Each such
+item is skipped with its reason, logged and counted, instead of failing the whole region later.
 """
 
 from __future__ import annotations
@@ -115,14 +115,19 @@ class SkippedItem:
 def unusable_reason(item: dict, bands: Sequence[str] = REQUIRED_BANDS_DEFAULT) -> str | None:
     """Why this item cannot be co-registered (missing bands, projection or baseline), or None."""
     problems = []
-    missing = []
+    missing, no_href = [], []
     for name in bands:
         try:
-            asset_key(item, name)
+            key = asset_key(item, name)
         except KeyError:
             missing.append(name)
+            continue
+        if not str(item["assets"][key].get("href") or "").strip():
+            no_href.append(name)
     if missing:
         problems.append(f"no asset for bands {', '.join(missing)}")
+    if no_href:
+        problems.append(f"no href for the assets of bands {', '.join(no_href)}")
     for check in (item_epsg, reflectance_offset):
         try:
             check(item)

@@ -139,3 +139,13 @@ def test_the_stac_items_asset_counts_skipped_items_in_its_metadata(
     }
     written = json.loads((tmp_path / "items" / "lombardy" / "2024-07-01.json").read_text())
     assert [f["id"] for f in written["features"]] == ["S2A_32TNR_20240823_0_L2A"]
+
+
+def test_an_asset_without_href_is_skipped_naming_the_band(tiny_world: Path) -> None:
+    features = json.loads((tiny_world / "items.json").read_text())["features"]
+    item = json.loads(json.dumps(features[0]))
+    key = asset_key(item, "B04")
+    item["assets"][key].pop("href")
+    usable, skipped = split_usable([item, features[1]])
+    assert [it["id"] for it in usable] == [features[1]["id"]]
+    assert skipped[0].reason == "no href for the assets of bands B04"
