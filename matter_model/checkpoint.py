@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from matter_model.atomic_io import atomic_file
+from matter_model.atomic_io import atomic_file, clean_stale
 from matter_model.inputs import REFLECTANCE
 from matter_model.matter import Matter, create_model
 
@@ -17,8 +17,13 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (a hidden temporary file, fsynced, renamed over)."""
+    """Write ``state`` to ``path`` atomically (``atomic_io``: a hidden file, fsync, rename).
+
+    The leftovers of a writer killed mid-write (hidden, named after its process) are removed
+    first, so resuming after kill -9 leaves no temporary file behind.
+    """
     path = Path(path)
+    clean_stale(path.parent)
     with atomic_file(path) as tmp:
         torch.save(state, tmp)
     return path
