@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DAGSTER_HOME ?= $(CURDIR)/.demo/dagster_home
 
-.PHONY: install instance demo test test-fast lint ui clean bench oscd-pretrain oscd-eval
+.PHONY: install instance demo test test-fast lint ui clean bench faults oscd-pretrain oscd-eval
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -53,6 +53,11 @@ bench: install $(TORCHGEO_VENV)/.installed
 	$(PY) benchmarks/tiling.py
 	$(PY) benchmarks/change_screen.py
 	$(PY) benchmarks/coregistration.py
+
+# Fault injection (docs/reliability.md): STAC faults, kill -9 and rerun, disk full, broken imagery,
+# concurrent runs, on the tiny demo world; writes benchmarks/results/faults.json and the doc's table.
+faults: install
+	OMP_NUM_THREADS=1 $(PY) benchmarks/faults.py
 
 # Pretraining on real Sentinel-2 (the unlabelled OSCD cities) and OSCD evaluation (README: Evaluation).
 OSCD_ROOT ?= ../shared/data/oscd
