@@ -135,6 +135,7 @@ def _judge(
             why=f"the partition failed without naming {path.name} of {BAD_ITEM}: "
             f"{output.strip().splitlines()[-1:]}; other partition kept {other_kept}",
         )
+        said = said.replace(str(data), "<data>")
         row.what_the_user_sees = f"the partition fails: {said[-220:]}" if said else ""
         return row
     dates = _stack_dates(data)

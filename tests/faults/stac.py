@@ -51,7 +51,9 @@ def _search(api: FakeStacApi, bbox: tuple) -> list[dict]:
 
 
 def _shown(err: BaseException, api: FakeStacApi) -> str:
-    return f"{type(err).__name__}: {str(err).replace(api.url, '<url>')}"
+    """The error as the user reads it, the fake API's address and port masked."""
+    text = str(err).replace(api.url, "<url>").replace(str(api.server_address[1]), "<port>")
+    return f"{type(err).__name__}: {text}"
 
 
 class StacTrials:
