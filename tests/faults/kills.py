@@ -172,8 +172,15 @@ def training_kills(tmp: Path, kills: int, seed: int) -> FaultRow:
     env = {"OMP_NUM_THREADS": "1"}
     reference = tmp / "uninterrupted"
     started = time.monotonic()
-    error = finish(start(_train_args(tmp, reference), env))
+    process, first_checkpoint_s = start(_train_args(tmp, reference), env), None
+    while process.poll() is None:
+        if first_checkpoint_s is None and (reference / "checkpoint.pt").exists():
+            first_checkpoint_s = time.monotonic() - started
+        time.sleep(0.05)
     full_s = time.monotonic() - started
+    error = finish(process)
+    # Kills drawn from just before the first checkpoint to the end: the start-up is imports.
+    earliest = 0.8 * (first_checkpoint_s or 0.5)
     if error:
         raise RuntimeError(f"uninterrupted training failed: {error}")
     out = tmp / "killed"
@@ -181,7 +188,7 @@ def training_kills(tmp: Path, kills: int, seed: int) -> FaultRow:
     after_kill = []
     while len(after_kill) < kills:
         args = _train_args(tmp, out) + (["--resume"] if (out / "checkpoint.pt").exists() else [])
-        delay = rng.uniform(0.5, full_s)
+        delay = rng.uniform(earliest, full_s)
         if not kill_after(start(args, env), delay):
             shutil.rmtree(out)  # it finished first: start over so the next kill lands mid-run
             continue
@@ -191,7 +198,8 @@ def training_kills(tmp: Path, kills: int, seed: int) -> FaultRow:
             after_kill.append(f"killed at {delay:.1f} s, checkpoint at step {step}")
         except CheckpointError as err:
             after_kill.append(f"CORRUPT: {err}")
-    error = finish(start(_train_args(tmp, out) + ["--resume"], env))
+    resume = ["--resume"] if (out / "checkpoint.pt").exists() else []  # none if killed early
+    error = finish(start(_train_args(tmp, out) + resume, env))
     same = not error and all(
         torch.equal(a, b)
         for a, b in zip(
@@ -214,8 +222,9 @@ def training_kills(tmp: Path, kills: int, seed: int) -> FaultRow:
             why=f"{state}; resume error {error[-300:]!r}; same weights and losses {same}; "
             f"leftovers {left}",
         )
+    steps = [state.split("step ")[-1] for state in after_kill if "step " in state]
     row.what_the_user_sees = (
         "every kill leaves a loadable checkpoint; --resume ends with the uninterrupted run's "
-        "weights and loss history, bit for bit"
+        f"weights and loss history, bit for bit (kills left checkpoints of steps {steps})"
     )
     return row
