@@ -15,7 +15,7 @@ SIZES = {1: 64, 2: 512}  # stack side in px; shards and checkpoints scale with i
 def write_stack(target: Path, side: int, rng: np.random.Generator) -> None:
     import xarray as xr
 
-    from pipelines.coregistration import write_stack as write
+    from pipelines.stack_store import write_stack as write
 
     values = rng.uniform(0, 1, (2, 3, side, side)).astype(np.float32)
     coords = {"time": ["2024-05-10", "2024-06-14"], "band": ["B02", "B03", "B04"]}

@@ -77,7 +77,7 @@ def _naming_line(output: str, names: tuple[str, ...]) -> str:
 
 
 def _stack_dates(data: Path) -> dict[str, float]:
-    from pipelines.coregistration import open_stack
+    from pipelines.stack_store import open_stack
 
     region, window = BROKEN.split("|")
     stack = open_stack(data / "stacks" / region / f"{window}.zarr")

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from rasterio.enums import Resampling
 
-from pipelines.coregistration import CoregistrationError, item_epsg, read_asset, region_grid
+from pipelines.grid import CoregistrationError, region_grid
+from pipelines.scene_reader import read_asset
 from pipelines.stac import SearchRequest, StacSearchError, search_items
-from pipelines.stac.items import split_usable
+from pipelines.stac.items import item_epsg, split_usable
 from tests.faults.fake_stac import (
     LANDING,
     PAGE1,
