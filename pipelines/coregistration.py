@@ -38,8 +38,8 @@ from pipelines.stac.search import item_mgrs_tile
 
 # A block of 12 bands + the valid mask at 1024 px is 54 MB of float32: a few per thread stay small.
 DEFAULT_CHUNK_PX = 1024
-# The shift is measured on at most this square of the shift band: the optimiser's cost grows with
-# its area (about 20 s per date at 1024 px on one core), and a 10 km square holds texture enough.
+# The shift is measured on at most this square of the shift band: reading it and its FFTs grow
+# with its area, and a 10 km square holds texture enough.
 DEFAULT_SAMPLE_PX = 1024
 # A date sharing less than this share of the grid's pixels with the reference is not corrected.
 MIN_SHIFT_OVERLAP = 0.2

@@ -62,13 +62,57 @@ def test_item_epsg_reads_proj_epsg_and_proj_code() -> None:
 
 
 @pytest.mark.parametrize("true_shift", [(0.3, -0.45), (-0.6, 0.2), (1.25, 0.7)])
-def test_phase_correlation_recovers_a_subpixel_shift(true_shift: tuple[float, float]) -> None:
+def test_masked_correlation_recovers_a_subpixel_shift(true_shift: tuple[float, float]) -> None:
     rng = np.random.default_rng(0)
     scene = ndimage.gaussian_filter(rng.normal(size=(128, 128)), 2.0)
     moved = ndimage.shift(scene, true_shift, order=3, mode="wrap")
     valid = np.ones_like(scene, dtype=bool)
     valid[10:40, 60:90] = False  # a cloud
     measured = estimate_shift(scene, moved, valid)
+    np.testing.assert_allclose(measured, true_shift, atol=0.1)
+
+
+def _read_onto(path, grid: Grid, resampling) -> np.ndarray:
+    """A raster warped onto ``grid`` by GDAL, as the co-registration reads its assets."""
+    import rasterio
+    from rasterio.vrt import WarpedVRT
+
+    with (
+        rasterio.open(path) as src,
+        WarpedVRT(
+            src,
+            crs=src.crs,
+            transform=grid.transform,
+            width=grid.width,
+            height=grid.height,
+            resampling=resampling,
+        ) as vrt,
+    ):
+        return vrt.read(1)
+
+
+@pytest.mark.parametrize("band_name", ["B08", "B04"])
+@pytest.mark.parametrize("true_shift", [(0.3, -0.7), (1.25, 0.4), (-0.55, 0.15)])
+def test_planted_shifts_on_the_real_tile_are_measured(
+    real_data, band_name: str, true_shift: tuple[float, float]
+) -> None:
+    """A real L2A band read twice by a GDAL warp, once onto a grid offset by a planted sub-pixel
+    shift, clouds of its SCL masked: the shift is measured within 0.1 px."""
+    from rasterio.enums import Resampling
+
+    folder = real_data("s2_l2a_cog_29RKH")
+    pixel = 100.0  # the local files are the tile 10x downsampled
+    dy, dx = true_shift
+    origin = Affine(pixel, 0, 269780, 0, -pixel, 2800020)  # the cloudy upper-right corner
+    grid = Grid(32629, origin, width=400, height=400)
+    # The moving grid starts (dy, dx) pixels up-left, so its content sits (dy, dx) down-right.
+    moved = Grid(32629, origin * Affine.translation(-dx, -dy), width=400, height=400)
+    reference = _read_onto(folder / f"{band_name}.tif", grid, Resampling.bilinear)
+    moving = _read_onto(folder / f"{band_name}.tif", moved, Resampling.bilinear)
+    scl = _read_onto(folder / "SCL.tif", grid, Resampling.nearest)
+    valid = (reference > 0) & (moving > 0) & ~np.isin(scl, [0, 1, 3, 8, 9, 10])
+    assert 0.5 < valid.mean() < 0.95  # clouds are masked
+    measured = estimate_shift(reference.astype(float), moving.astype(float), valid)
     np.testing.assert_allclose(measured, true_shift, atol=0.1)
 
 
