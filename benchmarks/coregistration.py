@@ -16,7 +16,11 @@ Each case runs in a fresh subprocess that co-registers the stack and writes it t
 the default 1024 px blocks; "in memory" sets the block to the whole grid, so each date's 12
 bands are read and resampled as one array, as the pre-dask code did. Both run side by side on a
 crop that the in-memory version handles, then the blocks alone on the full ``--size-px`` grid.
-Prints a table and writes ``benchmarks/results/coregistration.json``.
+After each blocks case, a plain GDAL warp of the same assets onto the same grid, written the same
+way (:mod:`plain_warp`), gives what co-registration costs above warping (``plain_warp_s`` next to
+``coregistration_s``). The new shift estimator and the Powell search it replaced run taking turns
+on the same samples (:mod:`shift_estimators`). The 1-minute load average is recorded before and
+after. Prints a table and writes ``benchmarks/results/coregistration.json``.
 
 ``--readers warpedvrt stackstac`` instead compares scene readers (``coregister(reader=...)``) on
 the ``--crop-px`` square, with shifted COG copies in place of the VRTs (stackstac reads a VRT
@@ -155,18 +159,16 @@ def run_case(
     """Co-register the square ``size_px`` grid at the upper-left of the tile with ``reader``,
     write it, measure."""
     import numpy as np
-    from affine import Affine
 
     from pipelines.coregistration import coregister
     from pipelines.dates import stack_dates
-    from pipelines.grid import Grid
     from pipelines.stack_store import open_stack, write_stack
 
     items = json.loads(items_path.read_text())
-    left, top = 199980.0, 2800020.0  # the 29RKH tile's upper-left corner
-    grid = Grid(32629, Affine(10.0, 0.0, left, 0.0, -10.0, top), width=size_px, height=size_px)
     start, cpu_start = time.perf_counter(), _cpu_s()
-    stack = coregister(items, grid, region="29RKH", chunk_px=chunk_px, reader=reader)
+    stack = coregister(
+        items, _bench_grid(size_px), region="29RKH", chunk_px=chunk_px, reader=reader
+    )
     write_stack(stack, out)
     wall, cpu = time.perf_counter() - start, _cpu_s() - cpu_start
     written = open_stack(out)
@@ -194,6 +196,69 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def run_plain_case(items_path: Path, size_px: int, chunk_px: int, out: Path) -> dict:
+    """The same assets warped onto the same grid and written the same way, no shift measured or
+    corrected (:mod:`plain_warp`): what co-registration costs above a plain warp."""
+    from plain_warp import plain_warp_stack
+
+    from pipelines.stack_store import write_stack
+
+    items = json.loads(items_path.read_text())
+    start = time.perf_counter()
+    write_stack(plain_warp_stack(items, _bench_grid(size_px), chunk_px), out)
+    wall = time.perf_counter() - start
+    return {
+        "size_px": size_px,
+        "dates": len(items),
+        "chunk_px": chunk_px,
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "pixels_per_s": round(len(items) * size_px * size_px / wall),
+    }
+
+
+def _bench_grid(size_px: int):
+    """The square ``size_px`` grid at the upper-left corner of the 29RKH tile."""
+    from affine import Affine
+
+    from pipelines.grid import Grid
+
+    left, top = 199980.0, 2800020.0
+    return Grid(32629, Affine(10.0, 0.0, left, 0.0, -10.0, top), width=size_px, height=size_px)
+
+
+def pipeline_shift_samples(items: list[dict], sample_px: int):
+    """(name, (reference, moving, valid), planted shift) of each date against the first: B08
+    and the valid mask of the upper-left ``sample_px`` square, as the co-registration reads its
+    shift sample."""
+    import numpy as np
+
+    from pipelines.bands import SCL_INVALID_DEFAULT
+    from pipelines.scene_reader import mosaic_block
+
+    grid = _bench_grid(sample_px)
+    first = mosaic_block([items[0]], grid, ["B08"], SCL_INVALID_DEFAULT, ())
+    for d, item in enumerate(items[1:], start=1):
+        moving = mosaic_block([item], grid, ["B08"], SCL_INVALID_DEFAULT, ())
+        valid = (first[1] > 0.5) & (moving[1] > 0.5)
+        planted = np.subtract(SHIFTS_PX[d % len(SHIFTS_PX)], SHIFTS_PX[0])
+        images = (np.nan_to_num(first[0]), np.nan_to_num(moving[0]), valid)
+        yield f"{sample_px} px B08 date {d}", images, tuple(planted)
+
+
+def compare_estimators(items: list[dict], sample_px: int) -> dict:
+    """The new shift estimator against the Powell search it replaced, on the benchmark's shift
+    samples and on shifts planted on the real tile at 100 m, taking turns."""
+    from itertools import chain
+
+    from shift_estimators import compare, powell_estimate_shift, real_tile_samples
+
+    from pipelines.shift import estimate_shift
+
+    samples = chain(pipeline_shift_samples(items, sample_px), real_tile_samples(REAL_TILE))
+    return compare(samples, {"upsampled_dft": estimate_shift, "powell": powell_estimate_shift})
+
+
 def measure(
     items_path: Path,
     size_px: int,
@@ -201,14 +266,16 @@ def measure(
     tmp: Path,
     cache_mb: int,
     reader: str = "warpedvrt",
+    plain: bool = False,
 ) -> dict:
-    """One case in a fresh subprocess (its own peak RSS), its output zarr removed afterwards."""
+    """One case in a fresh subprocess (its own peak RSS), its output zarr removed afterwards;
+    ``plain``: the plain warp instead of co-registration (``reader`` is then unused)."""
     out = tmp / f"stack_{size_px}_{chunk_px}_{reader}.zarr"
     result = subprocess.run(
         [
             sys.executable,
             __file__,
-            "--case",
+            "--plain-case" if plain else "--case",
             str(items_path),
             str(size_px),
             str(chunk_px),
@@ -317,12 +384,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the reader comparison")
     parser.add_argument("--chunk-px", type=int, default=None, help="block of the comparison")
     parser.add_argument("--case", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--plain-case", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.case:
-        items_path, size_px, chunk_px, out, reader = args.case
-        print(
-            json.dumps(run_case(Path(items_path), int(size_px), int(chunk_px), Path(out), reader))
-        )
+    if args.case or args.plain_case:
+        items_path, size_px, chunk_px, out, reader = args.case or args.plain_case
+        case = (Path(items_path), int(size_px), int(chunk_px), Path(out))
+        print(json.dumps(run_case(*case, reader) if args.case else run_plain_case(*case)))
         return
     if not REAL_TILE.exists():
         sys.exit(f"{REAL_TILE} is absent: set MATTER_REAL_DATA to the shared data folder")
@@ -330,8 +397,9 @@ def main() -> None:
         compare_readers(args)
         return
     from matter_model.atomic_io import atomic_write_text
-    from pipelines.coregistration import DEFAULT_CHUNK_PX
+    from pipelines.coregistration import DEFAULT_SAMPLE_PX
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="coreg-bench-") as tmp_name:
         tmp = Path(tmp_name)
         start = time.perf_counter()
@@ -339,19 +407,40 @@ def main() -> None:
         build_s = time.perf_counter() - start
         items_path = tmp / "items.json"
         items_path.write_text(json.dumps(items))
-        rows = {
-            "in memory, crop": measure(
-                items_path, args.crop_px, args.crop_px, tmp, args.gdal_cache_mb
-            ),
-            "blocks, crop": measure(
-                items_path, args.crop_px, DEFAULT_CHUNK_PX, tmp, args.gdal_cache_mb
-            ),
-            "blocks, full grid": measure(
-                items_path, args.size_px, DEFAULT_CHUNK_PX, tmp, args.gdal_cache_mb
-            ),
-        }
+        rows = measure_cases(items_path, args, tmp)
+        estimators = compare_estimators(items, DEFAULT_SAMPLE_PX)
+    result = summarise(rows, args, build_s)
+    result["shift_estimators"] = estimators
+    result["load_average_1min"] = {
+        "before": round(load_before[0], 2),
+        "after": round(os.getloadavg()[0], 2),
+    }
+    print_table(rows, result)
+    out = args.out or RESULTS / "coregistration.json"
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def measure_cases(items_path: Path, args: argparse.Namespace, tmp: Path) -> dict[str, dict]:
+    """Each case in its own subprocess; co-registration in blocks and the plain warp of the
+    same size taking turns."""
+    from pipelines.coregistration import DEFAULT_CHUNK_PX
+
+    cache = args.gdal_cache_mb
+    rows = {"in memory, crop": measure(items_path, args.crop_px, args.crop_px, tmp, cache)}
+    for label, size in (("crop", args.crop_px), ("full grid", args.size_px)):
+        rows[f"blocks, {label}"] = measure(items_path, size, DEFAULT_CHUNK_PX, tmp, cache)
+        rows[f"plain warp, {label}"] = measure(
+            items_path, size, DEFAULT_CHUNK_PX, tmp, cache, plain=True
+        )
+    return rows
+
+
+def summarise(rows: dict[str, dict], args: argparse.Namespace, build_s: float) -> dict:
+    """The JSON's figures: the cases, their ratios, peak by size, plain warp against
+    co-registration."""
     crop_mem, crop_blocks = rows["in memory, crop"], rows["blocks, crop"]
-    result = {
+    return {
         "machine": f"{os.cpu_count()} CPU cores",
         "test_set": (
             f"29RKH L2A upsampled to native resolution, {args.size_px} px square, "
@@ -371,22 +460,45 @@ def main() -> None:
         "full_grid_in_memory_lower_bound_mb": round(
             2 * args.dates * 13 * 4 * args.size_px**2 / 2**20
         ),
+        "peak_mb_by_size_px": {
+            str(rows[f"blocks, {k}"]["size_px"]): rows[f"blocks, {k}"]["peak_rss_mb"]
+            for k in ("crop", "full grid")
+        },
+        "plain_warp_vs_coregistration": {
+            str(rows[f"blocks, {k}"]["size_px"]): {
+                "coregistration_s": rows[f"blocks, {k}"]["wall_s"],
+                "plain_warp_s": rows[f"plain warp, {k}"]["wall_s"],
+                "ratio": round(
+                    rows[f"blocks, {k}"]["wall_s"] / rows[f"plain warp, {k}"]["wall_s"], 2
+                ),
+                "coregistration_peak_mb": rows[f"blocks, {k}"]["peak_rss_mb"],
+                "plain_warp_peak_mb": rows[f"plain warp, {k}"]["peak_rss_mb"],
+            }
+            for k in ("crop", "full grid")
+        },
     }
-    header = f"{'case':<20}{'px':>7}{'dates':>6}{'block':>7}{'wall s':>9}{'peak MB':>9}"
+
+
+def print_table(rows: dict[str, dict], result: dict) -> None:
+    """The cases, then the estimators and the in-memory bound, on stdout."""
+    header = f"{'case':<22}{'px':>7}{'dates':>6}{'block':>7}{'wall s':>9}{'peak MB':>9}"
     print(header + f"{'Mpx/s':>8}{'shift err':>10}")
     for name, row in rows.items():
+        error = row.get("max_shift_error_px")
         print(
-            f"{name:<20}{row['size_px']:>7}{row['dates']:>6}{row['chunk_px']:>7}"
+            f"{name:<22}{row['size_px']:>7}{row['dates']:>6}{row['chunk_px']:>7}"
             f"{row['wall_s']:>9.1f}{row['peak_rss_mb']:>9.0f}"
-            f"{row['pixels_per_s'] / 1e6:>8.2f}{row['max_shift_error_px']:>10.3f}"
+            f"{row['pixels_per_s'] / 1e6:>8.2f}" + (f"{error:>10.3f}" if error is not None else "")
+        )
+    for label, figures in result["shift_estimators"]["summary"].items():
+        print(
+            f"estimator {label}: max error {figures['max_error_px']:.3f} px, "
+            f"mean {figures['mean_error_px']:.3f} px, {figures['total_s']:.1f} s"
         )
     print(
         f"in memory / blocks peak on the crop: {result['crop_peak_ratio_in_memory_over_blocks']}x; "
         f"the full grid in memory would need over {result['full_grid_in_memory_lower_bound_mb']} MB"
     )
-    out = args.out or RESULTS / "coregistration.json"
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
