@@ -7,11 +7,15 @@ block by block with an overlap (:func:`shift_mosaic`), so a whole tile never sit
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import dask
 import dask.array as da
 import numpy as np
+from rasterio.windows import Window
 from scipy import ndimage
 
-from pipelines.grid import Grid
+from pipelines.grid import Grid, block_windows
 
 # The sub-pixel step of the estimate is 1 / UPSAMPLE px, well under the 0.1 px it must reach.
 UPSAMPLE = 50
@@ -112,17 +116,61 @@ def apply_shift(block: np.ndarray, shift: np.ndarray) -> np.ndarray:
     moved_valid = ndimage.shift(block[-1], shift, order=1, mode="constant", cval=0)
     still_valid = moved_valid > 0.999
     moved[:, ~still_valid] = np.nan
-    return np.concatenate([moved, still_valid[None]]).astype(np.float32)
+    return np.concatenate([moved, still_valid[None].astype(np.float32)])
+
+
+def _depth(shift: np.ndarray) -> int:
+    """The overlap a block needs to be resampled by ``shift`` as the whole date would be."""
+    return int(np.ceil(np.abs(shift).max())) + 1
 
 
 def shift_mosaic(mosaic: da.Array, shift: np.ndarray) -> da.Array:
     """A date's lazy mosaic (band + 1, y, x) moved back by its measured ``shift``, block by block
-    with an overlap of the shift plus one pixel."""
-    depth = int(np.ceil(np.abs(shift).max())) + 1
+    with an overlap of the shift plus one pixel.
+
+    Each block waits on its neighbours' blocks, so dask holds about a row of blocks per date
+    until the next row is done: for a mosaic that can be read by window, :func:`shifted_mosaic`
+    keeps memory flat."""
+    depth = _depth(shift)
     return mosaic.map_overlap(
         apply_shift,
         depth={0: 0, 1: depth, 2: depth},
         boundary="none",
         dtype=np.float32,
         shift=-shift,
+    )
+
+
+def shifted_block(
+    read: Callable[[Window], np.ndarray], grid: Grid, window: Window, shift: np.ndarray
+) -> np.ndarray:
+    """``window`` of a date moved back by ``shift``: read with a margin of the shift plus one
+    pixel (clipped to the grid, as a block at the grid's edge has no neighbour there), resampled,
+    and trimmed, so a block needs no other block."""
+    depth = _depth(shift)
+    row0, col0 = max(0, window.row_off - depth), max(0, window.col_off - depth)
+    row1 = min(grid.height, window.row_off + window.height + depth)
+    col1 = min(grid.width, window.col_off + window.width + depth)
+    moved = apply_shift(read(Window(col0, row0, col1 - col0, row1 - row0)), -shift)
+    top, left = window.row_off - row0, window.col_off - col0
+    return moved[:, top : top + window.height, left : left + window.width].copy()
+
+
+def shifted_mosaic(
+    read: Callable[[Window], np.ndarray], planes: int, grid: Grid, chunk_px: int, shift: np.ndarray
+) -> da.Array:
+    """A date's lazy mosaic (``planes``, y, x) moved back by ``shift``, from ``read`` (a grid
+    window to its (band + 1, y, x) mosaic), one independent task per block: the same values as
+    :func:`shift_mosaic`, without holding neighbours' blocks."""
+    task = dask.delayed(shifted_block)
+    return da.block(
+        [
+            [
+                da.from_delayed(
+                    task(read, grid, w, shift), (planes, w.height, w.width), dtype=np.float32
+                )
+                for w in row
+            ]
+            for row in block_windows(grid, chunk_px)
+        ]
     )
