@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from matter_model.atomic_io import atomic_file, clean_stale
+from matter_model.atomic_io import atomic_write_bytes, clean_stale
 from matter_model.inputs import REFLECTANCE
 from matter_model.matter import Matter, create_model
 
@@ -24,8 +25,11 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """
     path = Path(path)
     clean_stale(path.parent)
-    with atomic_file(path) as tmp:
-        torch.save(state, tmp)
+    # Serialised in memory first: torch's zip writer turns a full disk into an opaque
+    # "unexpected pos" error, where a plain write fails with the OS's own (EFBIG, ENOSPC).
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

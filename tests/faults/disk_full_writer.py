@@ -26,14 +26,14 @@ def write_stack(target: Path, side: int, rng: np.random.Generator) -> None:
 def write_shard(target: Path, side: int, rng: np.random.Generator) -> None:
     import pandas as pd
 
-    from matter_model.matter import DEFAULT_BANDS
+    from matter_model.bands import MATTER_BANDS
     from matter_model.patch_store import StoreInfo
     from matter_model.patch_store import write_shard as write
 
     n = side // 2
     roles = [rng.uniform(0, 0.4, (n, 9, 32, 32)).astype(np.float32) for _ in range(3)]
     table = pd.DataFrame({"region": ["synthetic"] * n})
-    write(target, "s0", StoreInfo(DEFAULT_BANDS, 32), *roles, table)
+    write(target, "s0", StoreInfo(MATTER_BANDS, 32), *roles, table)
 
 
 def write_checkpoint(target: Path, side: int, rng: np.random.Generator) -> None:

@@ -161,7 +161,7 @@ def _synthetic_store(root: Path) -> None:
     import numpy as np
     import pandas as pd
 
-    from matter_model.matter import DEFAULT_BANDS
+    from matter_model.bands import MATTER_BANDS
     from matter_model.patch_store import StoreInfo, write_shard
     from tests.matter_model.test_train import N_TRIPLETS, textures
 
@@ -170,7 +170,7 @@ def _synthetic_store(root: Path) -> None:
     gain = rng.uniform(0.8, 1.2, (N_TRIPLETS, 1, 1, 1)).astype(np.float32)
     positive = anchor * gain + rng.normal(0, 0.01, anchor.shape).astype(np.float32)
     table = pd.DataFrame({"region": ["synthetic"] * N_TRIPLETS})
-    info = StoreInfo(DEFAULT_BANDS, 32)
+    info = StoreInfo(MATTER_BANDS, 32)
     write_shard(root, "s0", info, anchor, positive, textures(rng, N_TRIPLETS), table)
 
 
