@@ -53,6 +53,7 @@ bench: install $(TORCHGEO_VENV)/.installed
 	$(PY) benchmarks/tiling.py
 	$(PY) benchmarks/change_screen.py
 	$(PY) benchmarks/coregistration.py
+	$(PY) benchmarks/inference.py
 
 # Fault injection (docs/reliability.md): STAC faults, kill -9 and rerun, disk full, broken imagery,
 # concurrent runs, on the tiny demo world; writes benchmarks/results/faults.json and the doc's table.
