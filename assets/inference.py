@@ -126,8 +126,8 @@ def write_cog(
 ) -> None:
     """A single-band COG with overviews on the grid of ``like`` (its y/x, crs and transform)."""
     raster = xr.DataArray(values, dims=("y", "x"), coords={"y": like.y, "x": like.x})
-    raster = raster.rio.write_crs(like.attrs["crs"])
-    raster = raster.rio.write_transform(Affine(*like.attrs["transform"]))
+    raster.rio.write_crs(like.attrs["crs"], inplace=True)  # not inplace: a copy of the map
+    raster.rio.write_transform(Affine(*like.attrs["transform"]), inplace=True)
     raster.rio.write_nodata(nodata, inplace=True)
     raster.rio.to_raster(
         path, driver="COG", compress="deflate", overview_resampling=resampling, blocksize=256
