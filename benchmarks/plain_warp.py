@@ -9,45 +9,28 @@ reflectance with the valid mask, and written by :func:`pipelines.stack_store.wri
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
-import dask
 import dask.array as da
 import numpy as np
-import rasterio
 import xarray as xr
 from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from pipelines.bands import SCL, SCL_INVALID_DEFAULT, SPECTRAL_BANDS
-from pipelines.grid import Grid, block_windows
+from pipelines.grid import Grid, lazy_blocks
+from pipelines.scene_reader import read_asset
 from pipelines.stac.items import asset_path
 
 BANDS = [b.name for b in SPECTRAL_BANDS]
 
 
-def _warp(path: str, grid: Grid, window: Window, resampling: Resampling) -> np.ndarray:
-    """One asset warped onto ``window`` of ``grid``."""
-    with (
-        rasterio.open(path) as src,
-        WarpedVRT(
-            src,
-            crs=f"EPSG:{grid.epsg}",
-            transform=grid.transform,
-            width=grid.width,
-            height=grid.height,
-            resampling=resampling,
-            src_nodata=0,
-            nodata=0,
-        ) as vrt,
-    ):
-        return vrt.read(1, window=window)
-
-
 def warp_block(item: dict, grid: Grid, window: Window) -> np.ndarray:
     """(band + 1, y, x) float32 over ``window``: reflectance (NaN where no data), valid mask."""
-    dn = np.stack([_warp(asset_path(item, b), grid, window, Resampling.bilinear) for b in BANDS])
-    scl = _warp(asset_path(item, SCL.name), grid, window, Resampling.nearest)
+    dn = np.stack(
+        [read_asset(asset_path(item, b), grid, Resampling.bilinear, window)[0] for b in BANDS]
+    )
+    scl = read_asset(asset_path(item, SCL.name), grid, Resampling.nearest, window)[0]
     present = dn > 0
     out = np.empty((len(BANDS) + 1, *dn.shape[1:]), dtype=np.float32)
     np.multiply(dn, np.float32(1e-4), out=out[:-1])
@@ -58,19 +41,8 @@ def warp_block(item: dict, grid: Grid, window: Window) -> np.ndarray:
 
 def plain_warp_stack(items: Sequence[dict], grid: Grid, chunk_px: int) -> xr.Dataset:
     """The items (one date each) warped onto ``grid`` as a lazy stack in ``chunk_px`` blocks."""
-    read = dask.delayed(warp_block)
     dates = [
-        da.block(
-            [
-                [
-                    da.from_delayed(
-                        read(item, grid, w), (len(BANDS) + 1, w.height, w.width), np.float32
-                    )
-                    for w in row
-                ]
-                for row in block_windows(grid, chunk_px)
-            ]
-        )
+        lazy_blocks(partial(warp_block, item, grid), grid, chunk_px, (len(BANDS) + 1,), np.float32)
         for item in items
     ]
     cube = da.stack(dates)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import dask
+import dask.array as da
 import numpy as np
 from affine import Affine
 from rasterio.warp import transform_bounds
@@ -73,3 +75,21 @@ def block_windows(grid: Grid, chunk_px: int) -> list[list[Window]]:
         ]
         for y0 in range(0, grid.height, chunk_px)
     ]
+
+
+def lazy_blocks(
+    read: Callable[[Window], np.ndarray],
+    grid: Grid,
+    chunk_px: int,
+    planes: tuple[int, ...],
+    dtype: type,
+) -> da.Array:
+    """The grid as a lazy dask array ``(*planes, y, x)`` of ``dtype``, one task per
+    :func:`block_windows` block, each computed by ``read(window)``."""
+    task = dask.delayed(read)
+    return da.block(
+        [
+            [da.from_delayed(task(w), shape=(*planes, w.height, w.width), dtype=dtype) for w in row]
+            for row in block_windows(grid, chunk_px)
+        ]
+    )

@@ -7,8 +7,8 @@ parallel; :func:`date_mosaic` wraps them as one lazy dask array per date.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import partial
 
-import dask
 import dask.array as da
 import numpy as np
 import rasterio
@@ -17,7 +17,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from pipelines.bands import SCL
-from pipelines.grid import CoregistrationError, Grid, block_windows
+from pipelines.grid import CoregistrationError, Grid, lazy_blocks
 from pipelines.redact import redact_urls
 from pipelines.stac.items import asset_path, band_scale, reflectance_offset
 
@@ -145,20 +145,8 @@ def scl_valid(
     chunk_px: int,
 ) -> da.Array:
     """One date's :func:`scl_valid_block` as a lazy dask array (y, x), one task per block."""
-    read = dask.delayed(scl_valid_block)
-    return da.block(
-        [
-            [
-                da.from_delayed(
-                    read(scenes, grid, invalid_scl, href_rewrites, window),
-                    shape=(window.height, window.width),
-                    dtype=bool,
-                )
-                for window in row
-            ]
-            for row in block_windows(grid, chunk_px)
-        ]
-    )
+    read = partial(scl_valid_block, scenes, grid, invalid_scl, href_rewrites)
+    return lazy_blocks(read, grid, chunk_px, (), bool)
 
 
 def date_mosaic(
@@ -170,17 +158,5 @@ def date_mosaic(
     chunk_px: int,
 ) -> da.Array:
     """One date's mosaic as a lazy dask array (band + 1, y, x), one task per block."""
-    read = dask.delayed(mosaic_block)
-    return da.block(
-        [
-            [
-                da.from_delayed(
-                    read(scenes, grid, bands, invalid_scl, href_rewrites, window),
-                    shape=(len(bands) + 1, window.height, window.width),
-                    dtype=np.float32,
-                )
-                for window in row
-            ]
-            for row in block_windows(grid, chunk_px)
-        ]
-    )
+    read = partial(mosaic_block, scenes, grid, bands, invalid_scl, href_rewrites)
+    return lazy_blocks(read, grid, chunk_px, (len(bands) + 1,), np.float32)

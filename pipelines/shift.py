@@ -8,14 +8,14 @@ block by block with an overlap (:func:`shift_mosaic`), so a whole tile never sit
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
-import dask
 import dask.array as da
 import numpy as np
 from rasterio.windows import Window
 from scipy import ndimage
 
-from pipelines.grid import Grid, block_windows
+from pipelines.grid import Grid, lazy_blocks
 
 # The sub-pixel step of the estimate is 1 / UPSAMPLE px, well under the 0.1 px it must reach.
 UPSAMPLE = 50
@@ -162,15 +162,5 @@ def shifted_mosaic(
     """A date's lazy mosaic (``planes``, y, x) moved back by ``shift``, from ``read`` (a grid
     window to its (band + 1, y, x) mosaic), one independent task per block: the same values as
     :func:`shift_mosaic`, without holding neighbours' blocks."""
-    task = dask.delayed(shifted_block)
-    return da.block(
-        [
-            [
-                da.from_delayed(
-                    task(read, grid, w, shift), (planes, w.height, w.width), dtype=np.float32
-                )
-                for w in row
-            ]
-            for row in block_windows(grid, chunk_px)
-        ]
-    )
+    moved = partial(shifted_block, read, grid, shift=shift)  # moved(window)
+    return lazy_blocks(moved, grid, chunk_px, (planes,), np.float32)
