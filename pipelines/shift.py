@@ -2,7 +2,9 @@
 
 The shift is measured on a bounded sample of one band (:func:`sample_slices` picks it), by masked
 cross-correlation refined to sub-pixel by an upsampled DFT (:func:`estimate_shift`), and corrected
-block by block with an overlap (:func:`shift_mosaic`), so a whole tile never sits in memory.
+block by block, each block read again with a margin of the shift (:func:`shifted_mosaic`), or,
+for a reader that only gives a lazy array, from its neighbours' blocks (:func:`shift_mosaic`), so
+a whole tile never sits in memory.
 """
 
 from __future__ import annotations
