@@ -115,8 +115,12 @@ class Encoding:
         """The smallest and largest value the encoding keeps."""
         if self.is_float:
             return -np.inf, np.inf
+        low, high = self._integer_range()
+        return low * self.scale + self.offset, high * self.scale + self.offset
+
+    def _integer_range(self) -> tuple[int, int]:
         info = np.iinfo(self.dtype)
-        return info.min * self.scale + self.offset, info.max * self.scale + self.offset
+        return int(info.min), int(info.max)
 
     def encode(self, values: np.ndarray, name: str = "values") -> np.ndarray:
         """``values`` as stored; a value the encoding cannot keep is an error naming it."""
@@ -124,21 +128,33 @@ class Encoding:
             return values.astype(self.dtype, copy=False)
         lo, hi = self.limits()
         vmin, vmax = (float(values.min()), float(values.max())) if values.size else (lo, hi)
-        if self.saturate:
-            values = np.clip(values, lo, hi)
-        elif vmin < lo or vmax > hi:
+        if not self.saturate and (vmin < lo or vmax > hi):
             raise PatchStoreError(
                 f"{name} spans [{vmin:.4g}, {vmax:.4g}], outside [{lo:.4g}, {hi:.4g}] that "
                 f"{self.dtype} at scale {self.scale:g} and offset {self.offset:g} keeps; write "
                 "this store as float32 (Encoding()) or fix the values"
             )
-        return np.rint((values.astype(np.float64) - self.offset) / self.scale).astype(self.dtype)
+        stored = np.empty(values.shape, dtype=self.dtype)
+        # A patch at a time: the float64 arithmetic stays in cache, and memory is one patch's.
+        for flat_in, flat_out in zip(_rows(values), _rows(stored), strict=True):
+            exact = flat_in.astype(np.float64)
+            exact -= self.offset
+            exact /= self.scale
+            if self.saturate:
+                np.clip(exact, *self._integer_range(), out=exact)
+            flat_out[...] = np.rint(exact, out=exact)
+        return stored
 
     def decode(self, stored: np.ndarray) -> np.ndarray:
         """Stored numbers back as float32 values."""
         if self.is_float:
             return stored.astype(np.float32, copy=False)
         return (stored * self.scale + self.offset).astype(np.float32)
+
+
+def _rows(array: np.ndarray) -> np.ndarray | list[np.ndarray]:
+    """``array`` cut along its first axis (itself whole when it has at most one dimension)."""
+    return array if array.ndim > 1 else [array]
 
 
 # The integer encoding of each kind of values (see the module docstring). A reflectance the
@@ -287,7 +303,8 @@ def write_shard(
 ) -> Path:
     """Write one shard atomically and return its path.
 
-    The arrays are (N, C, S, S) float values with C = len(info.bands) and S = info.patch_size;
+    The arrays are (N, C, S, S) with C = len(info.bands) and S = info.patch_size: float values,
+    or numbers already stored in ``info``'s encoding (an array of its integer dtype);
     ``patches`` has N rows. An existing shard with the same id is replaced whole. A shard joining
     an existing store is kept in that store's encoding and codec, so a store never mixes two.
     """
@@ -302,10 +319,11 @@ def write_shard(
                 f"{role} has shape {array.shape}, expected {(n, *expected)} "
                 f"({n} rows in the patch table, bands {list(info.bands)})"
             )
-        if not np.isfinite(array).all():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise PatchStoreError(f"{role} holds NaN or infinite values; fill invalid pixels first")
     (root / "shards").mkdir(parents=True, exist_ok=True)
     store_json = root / "store.json"
+    given = info.encoding
     if store_json.exists():
         existing = read_info(root)
         if not existing.same_layout(info):
@@ -332,9 +350,22 @@ def write_shard(
                 compressors=CODECS[info.codec](),
             )
             if n:
-                z[:] = info.encoding.encode(array, role)
+                z[:] = _stored(array, given, info.encoding, role)
         patches.to_csv(tmp / "patches.csv", index=False)
     return final
+
+
+def _stored(array: np.ndarray, given: Encoding, store: Encoding, role: str) -> np.ndarray:
+    """``array`` in the ``store``'s encoding: float values are encoded; integers already stored
+    in the ``given`` encoding pass through, or are re-encoded when the store keeps another."""
+    if array.dtype.kind == "f":
+        return store.encode(array, role)
+    if given.is_float or array.dtype != np.dtype(given.dtype):
+        raise PatchStoreError(
+            f"{role} is {array.dtype}, neither float values nor the {given.dtype} integers of "
+            "this shard's encoding"
+        )
+    return array if given == store else store.encode(given.decode(array), role)
 
 
 def read_shard(

@@ -19,6 +19,7 @@ import zarr
 from matter_model import atomic_io
 from matter_model.patch_store import (
     CODECS,
+    ENCODINGS,
     ROLES,
     Encoding,
     PatchStoreError,
@@ -298,3 +299,37 @@ def test_a_store_without_provenance_reads_as_before(tmp_path: Path) -> None:
     assert read_provenance(tmp_path) == {}
     assert read_info(tmp_path) == INFO
     assert shard_ids(tmp_path) == ["a"]
+
+
+def test_stored_integers_pass_through_or_are_re_encoded(tmp_path) -> None:
+    info = StoreInfo.encoded(INFO.bands, INFO.patch_size, "reflectance")
+    data = _dn_shard(3)
+    stored = {role: info.encoding.encode(data[role]) for role in ROLES}
+    write_shard(tmp_path / "floats", "a", info, **data)
+    write_shard(tmp_path / "integers", "a", info, **(data | stored))
+    for role in ROLES:
+        written = [
+            zarr.open_group(tmp_path / s / "shards" / "a")[role][:] for s in ("floats", "integers")
+        ]
+        np.testing.assert_array_equal(written[0], written[1])
+    # a float32 store (begun before the integer encodings) decodes the integers it is given
+    write_shard(tmp_path / "old", "a", INFO, **_shard(2))
+    write_shard(tmp_path / "old", "b", info, **(data | stored))
+    np.testing.assert_array_equal(
+        TripletDataset(tmp_path / "old")[2]["anchor"].numpy(), data["anchor"][0]
+    )
+    with pytest.raises(PatchStoreError, match="anchor is int32, neither float values nor"):
+        write_shard(
+            tmp_path / "bad", "a", info, **(data | {"anchor": stored["anchor"].astype(np.int32)})
+        )
+
+
+def test_encoding_matches_the_float64_formula_exactly() -> None:
+    rng = np.random.default_rng(7)
+    values = (rng.normal(size=(5, 3, 16, 16)) * 40).astype(np.float32)
+    standardised = ENCODINGS["scene-standardised"]
+    naive = np.rint(np.clip(values.astype(np.float64), -128, 32767 / 256) * 256).astype(np.int16)
+    np.testing.assert_array_equal(standardised.encode(values), naive)
+    reflectance = ENCODINGS["reflectance"]
+    dn = rng.integers(0, 20000, size=(4, 2, 8, 8))
+    np.testing.assert_array_equal(reflectance.encode((dn * 1e-4 - 0.1).astype(np.float32)), dn)
