@@ -20,6 +20,8 @@ import numpy as np
 import rasterio
 from affine import Affine
 
+from matter_model.inputs import REFLECTANCE
+from matter_model.patch_store import ENCODINGS
 from pipelines.bands import SCL, SCL_INVALID_DEFAULT
 from pipelines.blocks import as_blocks
 from pipelines.dates import item_date
@@ -28,6 +30,9 @@ from pipelines.redact import redact_urls
 from pipelines.stac.items import asset_path, reflectance_offset
 
 L2A_SCALE = 1e-4  # DN to reflectance, before the baseline's offset
+# The patch store's reflectance integers: the L2A DN of processing baseline 04.00 (see
+# matter_model.patch_store), which a strip writes without going through float.
+STORED = ENCODINGS[REFLECTANCE]
 
 
 class CogStackError(ValueError):
@@ -61,11 +66,13 @@ class CogScene:
 
 def upsampled(native: np.ndarray, k: int, y: int, x: int, height: int, width: int) -> np.ndarray:
     """Pixels ``[y, y + height) x [x, x + width)`` of ``native`` seen on a grid ``k`` times finer:
-    each native pixel repeated k x k, only over the part asked for."""
+    each native pixel repeated k x k, only over the part asked for. Columns are repeated first,
+    then whole rows gathered: numpy copies long runs, not k-long ones."""
     if k == 1:
         return native[y : y + height, x : x + width]
-    part = native[y // k : -(-(y + height) // k), x // k : -(-(x + width) // k)]
-    return part.repeat(k, axis=0).repeat(k, axis=1)[y % k : y % k + height, x % k : x % k + width]
+    part = _native_part(native, k, y, x, height, width)
+    columns = part.repeat(k, axis=1)[:, x % k : x % k + width]
+    return columns[(y % k + np.arange(height)) // k]
 
 
 @dataclass(frozen=True)
@@ -93,17 +100,38 @@ def scaled_into(
     """Fill ``out`` (float32, h x w) with ``native * scale + offset`` over grid pixels
     ``[y, y + h) x [x, x + w)``, native pixels repeated k x k. Scaling happens at native
     resolution; where the window falls on whole native pixels the repeat is a broadcast."""
-    h, w = out.shape
-    part = native[y // k : -(-(y + h) // k), x // k : -(-(x + w) // k)]
+    part = _native_part(native, k, y, x, *out.shape)
     scaled = part.astype(np.float32)
     scaled *= np.float32(scale)
     scaled += np.float32(offset)
-    if k == 1:
-        out[...] = scaled
-    elif y % k == 0 and x % k == 0 and h % k == 0 and w % k == 0:
-        out.reshape(h // k, k, w // k, k)[...] = scaled[:, None, :, None]
-    else:
-        out[...] = upsampled(scaled, k, y % k, x % k, h, w)
+    _repeat_into(out, scaled, k, y % k, x % k)
+
+
+def stored_into(out: np.ndarray, native: np.ndarray, k: int, y: int, x: int, shift: int) -> None:
+    """Fill ``out`` (an integer dtype, h x w) with the DN ``native + shift`` over grid pixels
+    ``[y, y + h) x [x, x + w)``, native pixels repeated k x k: the patch store's reflectance
+    integers straight from the COG's, with no float in between."""
+    part = _native_part(native, k, y, x, *out.shape)
+    if shift:
+        wide = part.astype(np.int32) + shift
+        limits = np.iinfo(out.dtype)
+        if wide.min() < limits.min or wide.max() > limits.max:
+            raise CogStackError(
+                f"a DN shifted by {shift} for the scene's BOA offset spans [{wide.min()}, "
+                f"{wide.max()}], beyond the {out.dtype} that the patch store keeps"
+            )
+        part = wide
+    _repeat_into(out, part, k, y % k, x % k)
+
+
+def _native_part(native: np.ndarray, k: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+    """The native pixels under grid pixels ``[y, y + h) x [x, x + w)``."""
+    return native[y // k : -(-(y + h) // k), x // k : -(-(x + w) // k)]
+
+
+def _repeat_into(out: np.ndarray, part: np.ndarray, k: int, dy: int, dx: int) -> None:
+    """``part``'s pixels repeated k x k into ``out``, from (dy, dx) inside the first."""
+    out[...] = upsampled(part, k, dy, dx, *out.shape)
 
 
 @dataclass(frozen=True)
@@ -116,11 +144,17 @@ class CogStrip:
     offset: float
 
     def crop(self, y: int, x: int, out: np.ndarray) -> np.ndarray:
-        """Write the reflectance of the window whose upper-left grid pixel is (y, x) from the
-        strip's first row into ``out`` (band, size, size) float32; return its valid mask."""
+        """Write the window whose upper-left grid pixel is (y, x) from the strip's first row
+        into ``out`` (band, size, size): reflectance into float32, the patch store's
+        reflectance integers (:data:`STORED`) into its integer dtype. Return its valid mask."""
         size = out.shape[-1]
+        integers = out.dtype.kind != "f"
+        shift = round((self.offset - STORED.offset) / STORED.scale)
         for i, (native, k, dy, dx) in enumerate(self.bands):
-            scaled_into(out[i], native, k, dy + y, dx + x, L2A_SCALE, self.offset)
+            if integers:
+                stored_into(out[i], native, k, dy + y, dx + x, shift)
+            else:
+                scaled_into(out[i], native, k, dy + y, dx + x, L2A_SCALE, self.offset)
         native, k, dy, dx = self.scl
         return self.valid_lut[upsampled(native, k, dy + y, dx + x, size, size)]
 
@@ -173,8 +207,11 @@ class CogStack:
 
     Use it as a context manager: files open on entry and close on exit. ``grid`` defaults to the
     grid of the first scene's finest band (the 10 m grid of the tile).
-    ``region`` and ``tile`` label the patches cut from it.
+    ``region`` and ``tile`` label the patches cut from it. Its crops can be the patch store's
+    reflectance integers exactly (``encoding``), so tiling writes them with no float between.
     """
+
+    encoding = STORED
 
     def __init__(
         self,

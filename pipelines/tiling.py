@@ -18,7 +18,7 @@ median of valid pixels and the crop's valid fraction is recorded, so the store h
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from itertools import permutations
@@ -30,7 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from matter_model.inputs import REFLECTANCE
-from matter_model.patch_store import StoreInfo, write_shard
+from matter_model.patch_store import Encoding, StoreInfo, write_shard
 from pipelines.blocks import as_blocks
 from pipelines.dates import stack_dates
 from pipelines.grid import Grid
@@ -110,6 +110,9 @@ class PixelSource(Protocol):
     tile: str
     dates: list[str]
     grid: Grid
+    # The patch store encoding whose integers ``Strip.crop`` writes exactly into an array of its
+    # dtype (None: float reflectance only).
+    encoding: Encoding | None
 
     def read_rows(self, y0: int, y1: int, date: int) -> Strip:
         """Grid rows ``[y0, y1)`` of ``date``."""
@@ -136,6 +139,8 @@ class ArrayStrip:
 
 class StackSource:
     """A co-registered stack (the contract of :mod:`pipelines.coregistration`) as a pixel source."""
+
+    encoding = None
 
     def __init__(self, stack: xr.Dataset, bands: Sequence[str]) -> None:
         missing = [b for b in bands if b not in stack["band"].values]
@@ -175,7 +180,7 @@ class NegativePool:
 
 @dataclass(frozen=True)
 class Triplets:
-    """Crops (N, C, S, S) float32 and their patch table (N rows)."""
+    """Crops (N, C, S, S), float32 or a store's integers, and their patch table (N rows)."""
 
     anchor: np.ndarray
     positive: np.ndarray
@@ -264,12 +269,36 @@ def plan_triplets(
 
 def _fill_invalid(crop: np.ndarray, valid: np.ndarray) -> float:
     """Set the invalid pixels of ``crop`` to the band medians of its valid ones (zeros when
-    none is valid); return its valid share."""
+    none is valid; rounded in an integer crop); return its valid share."""
     share = float(valid.mean())
     if share < 1.0:
         fill = np.median(crop[:, valid], axis=1) if share > 0 else np.zeros(len(crop))
-        crop[:, ~valid] = fill.astype(np.float32)[:, None]
+        if crop.dtype.kind != "f":
+            fill = np.rint(fill)
+        crop[:, ~valid] = fill.astype(crop.dtype)[:, None]
     return share
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The rows a part of the plan spans, from grid row ``y0``, read once per date it needs."""
+
+    y0: int
+    strips: dict[int, Strip]
+
+
+def _read_rows(
+    source: PixelSource, windows: pd.DataFrame, plan: pd.DataFrame, pooled: bool
+) -> _Rows:
+    """One read of the rows the windows of a non-empty ``plan`` span, per date they need;
+    ``pooled``: the negatives come from another source, so their rows are not read here."""
+    size = int(windows["size"].iloc[0])
+    used = windows["row"].to_numpy()[plan["window"]]
+    if not pooled:
+        used = np.concatenate([used, windows["row"].to_numpy()[plan["negative"]]])
+    y0, y1 = int(used.min()) * size, (int(used.max()) + 1) * size
+    needed = sorted(set(plan["anchor"]) | set(plan["positive"]))
+    return _Rows(y0, {t: source.read_rows(y0, y1, t) for t in needed})
 
 
 def _cut(
@@ -278,18 +307,17 @@ def _cut(
     plan: pd.DataFrame,
     n_bands: int,
     pool: tuple[PixelSource, pd.DataFrame] | None = None,
+    dtype: np.dtype | str = np.float32,
+    read: _Rows | None = None,
 ) -> Triplets:
-    """The triplets of a non-empty ``plan``: one read of the rows its windows span per date;
-    negatives from ``pool`` (source, kept windows) are read window by window."""
+    """The triplets of a non-empty ``plan`` from its rows ``read`` (read now when not given);
+    negatives from ``pool`` (source, kept windows) are read window by window. The crops are
+    float32 reflectance, or with an integer ``dtype`` the sources' stored integers."""
     size = int(windows["size"].iloc[0])
-    used = windows["row"].to_numpy()[plan["window"]]
-    if pool is None:
-        used = np.concatenate([used, windows["row"].to_numpy()[plan["negative"]]])
-    y0, y1 = int(used.min()) * size, (int(used.max()) + 1) * size
-    needed = sorted(set(plan["anchor"]) | set(plan["positive"]))
-    strips = {t: source.read_rows(y0, y1, t) for t in needed}
+    read = read or _read_rows(source, windows, plan, pool is not None)
+    y0, strips = read.y0, read.strips
     negative_source, negative_windows = pool or (source, windows)
-    crops = np.empty((3, len(plan), n_bands, size, size), dtype=np.float32)
+    crops = np.empty((3, len(plan), n_bands, size, size), dtype=dtype)
     t = source.grid.transform
     rows = []
     for n, (w, i, j, neg, d) in enumerate(plan[PLAN_COLUMNS].itertuples(index=False)):
@@ -426,14 +454,40 @@ def tile_to_store(
     info = StoreInfo.encoded(tuple(bands), size, values)
     kept, plan, pool = _plan(source, screen, settings, negative_pool)
     strip_rows, n_bands = settings.strip_rows, len(bands)
+    sources = [source] if pool is None else [source, pool[0]]
+    exact = all(s.encoding is not None and s.encoding == info.encoding for s in sources)
+    dtype = info.dtype if exact else np.float32
+
+    def read(part: pd.DataFrame) -> _Rows | None:
+        return _read_rows(source, kept, part, pool is not None) if len(part) else None
+
     named = (
         (
             f"{shard_id}-{k:04d}" if strip_rows else shard_id,
-            _cut(source, kept, part, n_bands, pool) if len(part) else _no_triplets(n_bands, size),
+            _cut(source, kept, part, n_bands, pool, dtype, rows)
+            if rows
+            else _no_triplets(n_bands, size),
         )
-        for k, part in _strips(kept, plan, strip_rows)
+        for (k, part), rows in _read_ahead(_strips(kept, plan, strip_rows), read)
     )
     return TilingResult(_write_shards(store, info, named), len(plan))
+
+
+def _read_ahead(
+    parts: Iterable[tuple[int, pd.DataFrame]], read: Callable[[pd.DataFrame], _Rows | None]
+) -> Iterator[tuple[tuple[int, pd.DataFrame], _Rows | None]]:
+    """Each of ``parts`` with its rows, the next part's rows read in a background thread while
+    the caller cuts the current one: decoding (which releases the GIL) overlaps cutting, and at
+    most two parts' rows are held at once."""
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending: tuple[tuple[int, pd.DataFrame], Future[_Rows | None]] | None = None
+        for part in parts:
+            future = reader.submit(read, part[1])
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = (part, future)
+        if pending is not None:
+            yield pending[0], pending[1].result()
 
 
 def _strips(

@@ -15,10 +15,10 @@ import zarr
 from affine import Affine
 from rasterio.enums import Resampling
 
-from matter_model.patch_store import TripletDataset, read_shard, shard_ids
+from matter_model.patch_store import ENCODINGS, TripletDataset, read_shard, shard_ids
 from pipelines.bands import SCL_INVALID_DEFAULT
 from pipelines.change_screen import screen_windows
-from pipelines.cog_stack import CogScene, CogStack, CogStackError
+from pipelines.cog_stack import CogScene, CogStack, CogStackError, upsampled
 from pipelines.grid import Grid
 from pipelines.scene_reader import read_asset
 from pipelines.tiling import (
@@ -286,6 +286,26 @@ def test_cog_stack_matches_gdal_nearest_on_the_real_tile(real_data) -> None:
     assert fractions.shape == (1, 4, 4) and 0.5 < fractions.mean() <= 1.0
 
 
+@pytest.mark.parametrize("offset", [0.0, -0.1])  # processing baselines 02.14 and 04.00
+def test_cog_crops_as_store_integers_equal_the_encoded_reflectance(real_data, offset) -> None:
+    bands = ["B01", "B04", "B05", "B8A"]
+    scene = replace(_real_scene(real_data("s2_l2a_cog_29RKH"), bands), offset=offset)
+    with CogStack([scene], bands, grid=REAL_GRID) as source:
+        strip = source.read_rows(300, 700, 0)
+        floats = np.empty((len(bands), 250, 250), np.float32)  # not whole 20 or 60 m pixels
+        integers = np.empty(floats.shape, np.uint16)
+        valid = strip.crop(53, 407, floats)
+        np.testing.assert_array_equal(strip.crop(53, 407, integers), valid)
+    np.testing.assert_array_equal(integers, ENCODINGS["reflectance"].encode(floats))
+
+
+@pytest.mark.parametrize(("k", "y", "x"), [(1, 3, 4), (2, 0, 0), (2, 1, 3), (6, 5, 2), (6, 12, 7)])
+def test_upsampled_repeats_each_native_pixel_k_by_k(k, y, x) -> None:
+    native = np.arange(20 * 20, dtype=np.uint16).reshape(20, 20)
+    naive = np.kron(native, np.ones((k, k), np.uint16))[y : y + 37, x : x + 41]
+    np.testing.assert_array_equal(upsampled(native, k, y, x, 37, 41), naive)
+
+
 def test_real_tile_cogs_into_the_patch_store(tmp_path, real_data) -> None:
     folder = real_data("s2_l2a_cog_29RKH")
     scene = _real_scene(folder, BANDS)
@@ -309,6 +329,23 @@ def test_real_tile_cogs_into_the_patch_store(tmp_path, real_data) -> None:
     assert torch.equal(sample["anchor"], sample["positive"])
     assert not torch.equal(sample["anchor"], sample["negative"])
     assert 0.02 < float(sample["anchor"].median()) < 0.8
+    # The same store through float reflectance (a source that cannot give the integers).
+    with CogStack([scene, later], BANDS, grid=REAL_GRID, region="29RKH", tile="29RKH") as source:
+        source.encoding = None
+        tile_to_store(
+            source,
+            all_windows(source.grid, 128),
+            tmp_path / "floats",
+            "rkh",
+            BANDS,
+            TilingSettings(min_valid_fraction=0.5, max_pairs_per_window=1, strip_rows=3),
+        )
+    for shard in result.shards:
+        for role in ("anchor", "positive", "negative"):
+            np.testing.assert_array_equal(
+                zarr.open_group(shard, mode="r")[role][:],
+                zarr.open_group(tmp_path / "floats" / "shards" / shard.name, mode="r")[role][:],
+            )
 
 
 def test_a_cog_off_the_grid_is_refused_with_the_reason(real_data) -> None:
