@@ -153,22 +153,23 @@ def write_change_maps(
                 valid = ndimage.binary_erosion(
                     valid, iterations=settings.cloud_margin_px, border_value=1
                 )
+            # A map is the size of the region: each is made in place, never copied whole.
             score = change_score(features[t], features[t + 1], sigma, block=256)
             mask, threshold = change_mask(score, valid, settings.threshold)
-            write_cog(
-                np.where(valid, score, np.nan), stack, tmp / f"{name}_score.tif", np.nan, "average"
-            )
-            coded = np.where(valid, mask, MASK_NODATA).astype(np.uint8)
-            write_cog(coded, stack, tmp / f"{name}_change.tif", MASK_NODATA, "nearest")
+            score[~valid] = np.nan
+            write_cog(score, stack, tmp / f"{name}_score.tif", np.nan, "average")
             share = float(mask.sum() / max(valid.sum(), 1))
+            coded = mask.astype(np.uint8)
+            coded[~valid] = MASK_NODATA
+            write_cog(coded, stack, tmp / f"{name}_change.tif", MASK_NODATA, "nearest")
             if not valid.any():
                 logger.warning("%s: no pixel valid at both dates, nothing marked changed", name)
             threshold_or_none = threshold if np.isfinite(threshold) else None  # JSON has no NaN
             pairs.append({"pair": name, "threshold": threshold_or_none, "changed_share": share})
-            panels += [
-                (f"{name} score", np.where(valid, score, np.nan)[::step, ::step]),
-                (f"changed {share:.1%}", np.where(valid, mask, 0.5)[::step, ::step]),
-            ]
+            preview = coded[::step, ::step].astype(np.float32)
+            preview[preview == MASK_NODATA] = 0.5
+            thumbnail = score[::step, ::step].copy()  # not a view that keeps the map alive
+            panels += [(f"{name} score", thumbnail), (f"changed {share:.1%}", preview)]
         if panels:
             figure_png(panels, tmp / "preview.png", cmap="magma")
     return pairs

@@ -280,18 +280,15 @@ def change_score(
 ) -> np.ndarray:
     """The change score ``(H, W)`` of two dates' features ``(E, H, W)``: their L2 distance, read
     ``block`` rows at a time, smoothed by a Gaussian of ``sigma`` px as ``detect_changes`` does."""
-    height = features_1.shape[-2]
-    distance = np.concatenate(
-        [
-            feature_distance(
-                np.asarray(features_1[:, y : y + block], np.float32),
-                np.asarray(features_2[:, y : y + block], np.float32),
-            )
-            for y in range(0, height, block)
-        ]
-    )
+    height, width = features_1.shape[-2:]
+    distance = np.empty((height, width), np.float32)  # filled and smoothed in place
+    for y in range(0, height, block):
+        distance[y : y + block] = feature_distance(
+            np.asarray(features_1[:, y : y + block], np.float32),
+            np.asarray(features_2[:, y : y + block], np.float32),
+        )
     if sigma > 0:
-        distance = ndimage.gaussian_filter(distance, sigma=sigma, mode="reflect")
+        ndimage.gaussian_filter(distance, sigma=sigma, mode="reflect", output=distance)
     return distance
 
 
