@@ -1,7 +1,7 @@
 """What a STAC item dict says about itself, and which found items the pipeline can use.
 
-Reading an item: its projection (EPSG code), the reflectance offset of its processing baseline,
-the href of a band's asset, and its acquisition date.
+Reading an item: its projection (EPSG code, the item's or a band asset's own), the reflectance
+offset of its processing baseline, the href of a band's asset, and its acquisition date.
 
 A search returns whatever the server holds, and real catalogues hold items that cannot be read
 onto a grid: Landsat scenes next to Sentinel-2 in a multi-collection search, items without
@@ -38,6 +38,15 @@ def item_epsg(item: dict) -> int:
     if code.upper().startswith("EPSG:"):
         return int(code.split(":")[1])
     raise CoregistrationError(f"item {item['id']} carries neither proj:epsg nor an EPSG proj:code")
+
+
+def asset_epsg(item: dict, name: str) -> int:
+    """The EPSG code band ``name``'s asset declares: its own ``proj:epsg`` or ``proj:code``
+    where the asset carries one (STAC lets an asset override the item), else the item's."""
+    asset = item["assets"][asset_key(item, name)]
+    if asset.get("proj:epsg") or asset.get("proj:code"):
+        return item_epsg({"id": item.get("id"), "properties": asset})
+    return item_epsg(item)
 
 
 def reflectance_offset(item: dict) -> float:
