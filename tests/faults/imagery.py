@@ -1,11 +1,13 @@
 """Broken imagery in one partition of the tiny demo world: a truncated COG, a band that is all
-nodata, a date whose SCL file is missing.
+nodata, a band whose CRS is not its item's, a date whose SCL file is missing.
 
 The chain's dataset assets run on the broken partition (``lombardy|2024-04-01``, the date
 2024-05-10 broken) after another partition (``beauce|2024-07-01``) was materialised. Expected:
 the partition fails with an error naming the broken file, or the bad date is left out of the
 stack and the log names it (an all-nodata date may stay with a valid fraction of 0, which the
-tiling skips); the other partition's outputs untouched, byte for byte.
+tiling skips); the other partition's outputs untouched, byte for byte. The wrong CRS is the
+silent kind: the band is relabelled from WGS 84 to ED50 in the same UTM zone, pixels and
+transform unchanged, so read by its own georeference it lands about a hundred metres off.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.crs import CRS
 
 from tests.assets.demo_chain import REPO, tiny_config
 from tests.faults.kills import _chain_env
@@ -44,6 +47,17 @@ def all_nodata(path: Path) -> None:
         dst.write(np.full(shape, nodata, dtype=profile["dtype"]))
 
 
+def wrong_crs(path: Path) -> None:
+    """Rewrite the band, same pixels and transform, labelled ED50 / UTM in its WGS 84 UTM zone
+    (EPSG 326zz becomes 230zz): a mislabelled export, off by the datum shift."""
+    with rasterio.open(path) as src:
+        profile, pixels, epsg = src.profile, src.read(), src.crs.to_epsg()
+    if not 32628 <= epsg <= 32638:
+        raise ValueError(f"{path} is in EPSG:{epsg}, not a northern UTM zone that ED50 covers")
+    with rasterio.open(path, "w", **{**profile, "crs": CRS.from_epsg(epsg - 32600 + 23000)}) as dst:
+        dst.write(pixels)
+
+
 def remove(path: Path) -> None:
     path.unlink()
 
@@ -51,6 +65,7 @@ def remove(path: Path) -> None:
 FAULTS: list[tuple[str, str, Callable[[Path], None]]] = [
     ("truncated COG (B04 of one date cut in half)", "B04.tif", truncate),
     ("all-nodata band (B04 of one date)", "B04.tif", all_nodata),
+    ("a COG with the wrong CRS (B04 of one date relabelled ED50)", "B04.tif", wrong_crs),
     ("a date whose SCL file is missing", "SCL.tif", remove),
 ]
 
@@ -136,7 +151,8 @@ def _judge(
             f"{output.strip().splitlines()[-1:]}; other partition kept {other_kept}",
         )
         said = said.replace(str(data), "<data>")
-        row.what_the_user_sees = f"the partition fails: {said[-220:]}" if said else ""
+        start = max(said.find("<data>") - 20, 0)  # from just before the file's name
+        row.what_the_user_sees = f"the partition fails: {said[start : start + 320]}" if said else ""
         return row
     dates = _stack_dates(data)
     skipped = BAD_ITEM not in dates or dates[BAD_ITEM] == 0.0
