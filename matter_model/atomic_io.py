@@ -7,6 +7,10 @@ Replacing an existing folder swaps the two atomically where the kernel can (Linu
 moment leaves at most a hidden leftover, named after its host and process id; the next write into
 the same folder removes the leftovers of processes of this host that are gone (and puts back a
 folder a killed fallback swap had moved aside), so reruns start clean.
+
+A write that runs out of space (ENOSPC, EDQUOT) or past the file-size limit (EFBIG) fails with
+:class:`DiskFullError`, an ``OSError`` with the same errno whose message names the file or folder
+being written and what to do; the previous version stays.
 """
 
 from __future__ import annotations
@@ -29,6 +33,36 @@ _TMP, _TRASH = "tmp", "trash"
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
+# Errors of a write that found no room: no space left, quota exceeded, file-size limit reached.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class DiskFullError(OSError):
+    """A write found no room (errno ENOSPC, EDQUOT or EFBIG); the message names the target."""
+
+
+def _no_room(err: OSError, target: Path) -> DiskFullError:
+    """``err`` restated as a :class:`DiskFullError` naming ``target`` and what to do."""
+    return DiskFullError(
+        err.errno,
+        f"{err.strerror} while writing {target}: the disk or quota of {target.parent} is full, "
+        "or a file-size limit was reached. Free space there (or raise the limit), or point the "
+        "output elsewhere (`storage.root` in the config, or the command's output path), then "
+        f"rerun; the previous version of {target.name}, if any, is unchanged.",
+    )
+
+
+@contextmanager
+def _naming_no_room(target: Path) -> Iterator[None]:
+    """Re-raise an out-of-room ``OSError`` raised inside as a :class:`DiskFullError`."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as err:
+        if err.errno not in _NO_ROOM:
+            raise
+        raise _no_room(err, target) from err
 
 
 def _hidden_name(kind: str, target: str) -> str:
@@ -50,15 +84,17 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     library's own save); on success it is fsynced and renamed over ``path``, on error it goes.
 
     The temporary name ends with ``path``'s name, so writers that go by the suffix still work.
+    Out of room, the error is a :class:`DiskFullError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(_hidden_name(_TMP, path.name))
     try:
-        yield tmp
-        _fsync_path(tmp)
-        os.replace(tmp, path)
-        _fsync_path(path.parent)
+        with _naming_no_room(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
+            _fsync_path(tmp)
+            os.replace(tmp, path)
+            _fsync_path(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -139,26 +175,28 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
 
     Before yielding, the dead writers' leftovers beside ``path`` are cleaned (:func:`clean_stale`).
     On success every file is fsynced, then the folder takes ``path``'s name in one rename (or one
-    atomic exchange with the old folder, which is then deleted).
+    atomic exchange with the old folder, which is then deleted). Out of room, the error is a
+    :class:`DiskFullError` naming ``path``.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(final.parent)
-    tmp = final.with_name(_hidden_name(_TMP, final.name))
-    tmp.mkdir()
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if not final.exists():
-        os.replace(tmp, final)
-    elif _exchange(tmp, final):
-        shutil.rmtree(tmp, ignore_errors=True)  # now the old content
-    else:
-        trash = final.with_name(_hidden_name(_TRASH, final.name))
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    _fsync_path(final.parent)
+    with _naming_no_room(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(final.parent)
+        tmp = final.with_name(_hidden_name(_TMP, final.name))
+        tmp.mkdir()
+        try:
+            yield tmp
+            _fsync_tree(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if not final.exists():
+            os.replace(tmp, final)
+        elif _exchange(tmp, final):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old content
+        else:
+            trash = final.with_name(_hidden_name(_TRASH, final.name))
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        _fsync_path(final.parent)

@@ -2,8 +2,9 @@
 
 The writer runs in a subprocess whose file size is capped (``RLIMIT_FSIZE``, with SIGXFSZ
 ignored, so a write past the cap fails with EFBIG as on a full disk). Expected: the writer
-fails with an error saying the file is too large, the previous version is intact byte for byte,
-and a write without the cap then succeeds and leaves no hidden temporary file. (A failed zarr
+fails with an error saying the file is too large, naming the file or folder being written and
+what to do (free space, or write elsewhere), the previous version is intact byte for byte, and a
+write without the cap then succeeds and leaves no hidden temporary file. (A failed zarr
 write can leave its hidden folder: zarr's writer threads still running when the error reaches
 ``atomic_directory`` recreate files in it after its removal; the next write into the folder
 removes it. The rows count how often that happened.)
@@ -42,8 +43,16 @@ def write(kind: str, target: Path, version: int, limit: int | None) -> subproces
     )
 
 
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
+# What asyncio prints at exit about zarr's writer tasks the error aborted: it follows the
+# traceback, so the error the user sees is the last line before it.
+EXIT_NOISE = ("Task was destroyed but it is pending!", "Future exception was never retrieved")
+
+
+def _error_line(stderr: str) -> str:
+    """The last line of the traceback in ``stderr``, before asyncio's exit-time warnings."""
+    for marker in EXIT_NOISE:
+        stderr = stderr.split(marker, 1)[0]
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
 
@@ -61,8 +70,13 @@ def disk_full(tmp: Path) -> list[FaultRow]:
                 raise RuntimeError(f"writing version 1 of a {kind} failed: {first.stderr[-2000:]}")
             before = digests(folder)
             failed = write(kind, target, 2, limit)
-            said = _last_line(failed.stderr)
-            clear = failed.returncode != 0 and "File too large" in said
+            said = _error_line(failed.stderr)
+            clear = (
+                failed.returncode != 0
+                and "File too large" in said
+                and f"while writing {folder}/" in said
+                and "Free space" in said
+            )
             kept = digests(folder) == before
             left_by_failure += bool(leftovers(folder))
             again = write(kind, target, 2, None)
@@ -74,7 +88,8 @@ def disk_full(tmp: Path) -> list[FaultRow]:
                 f"{kept}; leftovers {left}; uncapped rewrite exit {again.returncode}",
             )
             if clear:
-                row.what_the_user_sees = f"the write fails: {said[:160]}; the old {kind} stays"
+                said = said.replace(str(folder), "<folder>")
+                row.what_the_user_sees = f"the write fails: {said[:400]}; the old {kind} stays"
         if left_by_failure:
             row.what_the_user_sees += (
                 f" ({left_by_failure} of {len(LIMITS)} failed writes left a hidden folder, "

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 def test_disk_full_keeps_the_previous_version(tmp_path: Path) -> None:
     for row in disk_full(tmp_path):
         assert (row.survived, row.data_lost) == (row.injected, 0), (row.fault, row.failures)
-        assert "File too large" in row.what_the_user_sees
+        assert "File too large while writing <folder>/" in row.what_the_user_sees
+        assert "Free space there" in row.what_the_user_sees
 
 
 def test_training_killed_three_times_resumes_to_the_same_weights(tmp_path: Path) -> None:
