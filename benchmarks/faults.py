@@ -1,8 +1,9 @@
 """The fault-injection suite: inject each fault, check what the pipeline does, write the table.
 
 Families (modules under ``tests/faults/``), in this order: STAC API faults, kill -9 inside the
-chain's steps and inside training followed by a rerun, disk full while a stack, a shard and a
-checkpoint are written, broken imagery in one partition, and two runs of one partition at once.
+chain's steps, inside training and inside the model assets followed by a rerun (a count of 0
+leaves a kind out), disk full while a stack, a shard and a checkpoint are written, broken
+imagery in one partition, and two runs of one partition at once.
 Kill moments are drawn from ``--seed``. Everything runs on the tiny demo world in a temporary
 folder.
 
@@ -51,14 +52,19 @@ def run_family(name: str, tmp: Path, args: argparse.Namespace) -> list[FaultRow]
         generate_demo_world(folder / "world", TINY_SPEC)
         return stac_faults(folder / "world")
     if name == "kills":
-        from tests.faults.kills import chain_kills, training_kills
+        from tests.faults.kills import chain_kills, model_kills, training_kills
 
-        (folder / "chain").mkdir()
-        (folder / "training").mkdir()
-        return [
-            chain_kills(folder / "chain", args.chain_kills, args.seed),
-            training_kills(folder / "training", args.training_kills, args.seed),
-        ]
+        kinds = {
+            "chain": (chain_kills, args.chain_kills),
+            "training": (training_kills, args.training_kills),
+            "model": (model_kills, args.model_kills),
+        }
+        rows = []
+        for kind, (kill, count) in kinds.items():
+            if count > 0:  # 0 leaves that kind out
+                (folder / kind).mkdir()
+                rows.append(kill(folder / kind, count, args.seed))
+        return rows
     if name == "disk":
         from tests.faults.disk_full import disk_full
 
@@ -99,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="draws the kill moments")
     parser.add_argument("--chain-kills", type=int, default=12)
     parser.add_argument("--training-kills", type=int, default=8)
+    parser.add_argument("--model-kills", type=int, default=5, help="kills in the model assets")
     parser.add_argument("--concurrent-trials", type=int, default=2)
     parser.add_argument("--only", nargs="+", choices=FAMILIES, default=list(FAMILIES))
     parser.add_argument("--out", type=Path, default=RESULTS)

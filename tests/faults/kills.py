@@ -9,6 +9,12 @@ byte-identical to an uninterrupted run in the same folder and no hidden temporar
 Training: ``python -m matter_model.train`` on a small synthetic store, a checkpoint every step,
 killed and resumed the same way; expected: the checkpoint left by every kill loads, and the final
 weights and loss history equal those of an uninterrupted run.
+
+Model assets: after the dataset assets of the two partitions, `matter_pretrained` (training as a
+Dagster Pipes subprocess, a checkpoint every step), `change_detection_eval`, then
+`material_embeddings` and `change_maps` of both partitions run in a subprocess killed the same
+way. Expected as for the chain, and no process of the killed group (the training subprocess
+above all) left running.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from assets.jobs import DATASET_ASSETS
+from assets.jobs import DATASET_ASSETS, INFERENCE_ASSETS, MODEL_ASSETS
 from tests.assets.demo_chain import REPO, tiny_config
 from tests.faults.outcome import FaultRow
 from tests.faults.outputs import differences, digests, leftovers, materialised_but_missing
@@ -32,6 +38,8 @@ from tests.faults.outputs import differences, digests, leftovers, materialised_b
 log = logging.getLogger(__name__)
 
 PARTITIONS = ("lombardy|2024-04-01", "beauce|2024-07-01")
+# What the processes a run starts have in their command line: training, the local STAC server.
+ORPHAN_MARKERS = ("matter_model.train", "rustac serve")
 
 
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -78,6 +86,28 @@ def stop_orphan_servers(serving: Path) -> int:
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
     return len(pids)
+
+
+def survivors(group: int, tmp: Path, timeout_s: float = 5) -> list[str]:
+    """Processes still alive ``timeout_s`` after a group kill: those of process group ``group``,
+    and any training or `rustac serve` working on files under ``tmp`` (zombies not counted)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = subprocess.run(
+            ["ps", "-eww", "-o", "pid=,pgid=,stat=,args="], capture_output=True, text=True
+        ).stdout
+        found = []
+        for line in out.splitlines():
+            pid, pgid, stat, *args = line.split(None, 3)
+            command = args[0] if args else ""
+            if stat.startswith("Z"):
+                continue
+            ours = str(tmp) in command and any(m in command for m in ORPHAN_MARKERS)
+            if int(pgid) == group or ours:
+                found.append(f"{pid} {command[:160]}")
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def _chain_env(tmp: Path, config: Path) -> dict[str, str]:
@@ -245,5 +275,132 @@ def training_kills(tmp: Path, kills: int, seed: int) -> FaultRow:
     row.what_the_user_sees = (
         "every kill leaves a loadable checkpoint; --resume ends with the uninterrupted run's "
         f"weights and loss history, bit for bit (kills left checkpoints of steps {steps})"
+    )
+    return row
+
+
+# Training long enough for kills to land in it, a checkpoint at every step (so during and between
+# checkpoint writes): about 10 s of the model assets' 30 s on the tiny world.
+MODEL_TRAINING = {"steps": 24, "batch_size": 4, "num_workers": 0, "checkpoint_every": 1}
+
+
+def _snapshot(tmp: Path, to: Path) -> None:
+    """Copy the outputs (not the generated world) and the Dagster instance to ``to``."""
+    ignore = shutil.ignore_patterns("demo_world")
+    shutil.copytree(tmp / "data", to / "data", ignore=ignore)
+    shutil.copytree(tmp / "dagster_home", to / "dagster_home")
+
+
+def _restore(tmp: Path, snapshot: Path) -> None:
+    """Put the outputs and the Dagster instance back as :func:`_snapshot` saved them."""
+    _reset(tmp)
+    for entry in (snapshot / "data").iterdir():
+        shutil.copytree(entry, tmp / "data" / entry.name) if entry.is_dir() else shutil.copy2(
+            entry, tmp / "data"
+        )
+    shutil.copytree(snapshot / "dagster_home", tmp / "dagster_home")
+
+
+def killed_steps(home: Path) -> list[str]:
+    """The steps the newest run of the Dagster instance at ``home`` started and did not end:
+    where a kill landed."""
+    import dagster as dg
+
+    events = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS}
+    events.add(dg.DagsterEventType.STEP_FAILURE)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs(limit=1)
+        if not runs:
+            return []
+        started: dict[str, bool] = {}
+        for record in instance.all_logs(runs[0].run_id, of_type=events):
+            step = record.dagster_event.step_key
+            started[step] = record.dagster_event.event_type == dg.DagsterEventType.STEP_START
+    return [step for step, running in started.items() if running]
+
+
+def _recorded_checkpoint_step(home: Path, checkpoint: Path) -> int | None:
+    """The step of the checkpoint if the instance records `matter_pretrained` as materialised;
+    None if it does not, -1 if the checkpoint does not load."""
+    import dagster as dg
+
+    from matter_model.checkpoint import CheckpointError, load_checkpoint
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        if instance.get_latest_materialization_event(dg.AssetKey("matter_pretrained")) is None:
+            return None
+    try:
+        return int(load_checkpoint(checkpoint)["step"])
+    except (CheckpointError, FileNotFoundError):
+        return -1
+
+
+def model_kills(tmp: Path, kills: int, seed: int) -> FaultRow:
+    """Kill the model and inference assets ``kills`` times at random moments, then rerun them."""
+    row = FaultRow("kill -9 inside the model assets (training via Pipes), then a rerun", "")
+    config = tiny_config(tmp, training={"overrides": MODEL_TRAINING})
+    env = _chain_env(tmp, config)
+    error = finish(start([sys.executable, "-m", "tests.faults.run_partition", *PARTITIONS], env))
+    if error:
+        raise RuntimeError(f"the dataset assets failed: {error}")
+    stop_orphan_servers(tmp)
+    snapshot = tmp / "after_dataset"
+    _snapshot(tmp, snapshot)
+    args = [sys.executable, "-m", "tests.faults.run_model", *PARTITIONS]
+    checkpoint = tmp / "data" / "models" / "matter" / "checkpoint.pt"
+    started, training_s = time.monotonic(), None
+    process = start(args, _chain_env(tmp, config))
+    while process.poll() is None:
+        if training_s is None and checkpoint.exists():
+            training_s = time.monotonic() - started
+        time.sleep(0.05)
+    full_s = time.monotonic() - started
+    error = finish(process)
+    if error:
+        raise RuntimeError(f"the uninterrupted model assets failed: {error}")
+    expected = digests(tmp / "data")
+    _restore(tmp, snapshot)
+    # Kills drawn from just before the first checkpoint to the end: before it, imports only.
+    earliest = 0.8 * (training_s or 0.5)
+    rng = random.Random(seed)
+    after_kill = []
+    while len(after_kill) < kills:
+        delay = rng.uniform(earliest, full_s)
+        process = start(args, _chain_env(tmp, config))
+        if not kill_after(process, delay):
+            _restore(tmp, snapshot)  # it finished first: start over so the next kill lands mid-run
+            continue
+        alive = survivors(process.pid, tmp)
+        steps = killed_steps(tmp / "dagster_home") or ["between steps"]
+        missing = materialised_but_missing(tmp / "dagster_home", MODEL_ASSETS + INFERENCE_ASSETS)
+        recorded = _recorded_checkpoint_step(tmp / "dagster_home", checkpoint)
+        after_kill.append((delay, steps, alive, missing, recorded))
+        log.info("model kill at %.1f s in %s: %d missing, %d alive", delay, steps, len(missing),
+                 len(alive))  # fmt: skip
+    error = finish(start(args, _chain_env(tmp, config)))
+    changed = differences(expected, digests(tmp / "data"))
+    left = leftovers(tmp / "data")
+    stale = 0
+    for delay, steps, alive, missing, recorded in after_kill:
+        # Recorded as materialised, the model must be a finished training, not one in progress.
+        half_trained = recorded is not None and recorded != MODEL_TRAINING["steps"]
+        stale += int(half_trained)
+        ok = not (missing or alive or half_trained or error or changed or left)
+        row.record(
+            ok,
+            data_lost=bool(missing or changed),
+            why=f"killed at {delay:.1f} s in {steps}: materialised but missing {missing}; "
+            f"still running {alive}; recorded model's checkpoint at step {recorded} of "
+            f"{MODEL_TRAINING['steps']}; rerun error {error[-300:]!r}; "
+            f"{len(changed)} outputs differ {changed[:5]}; leftovers {left[:5]}",
+        )
+    where = [f"{', '.join(steps)} ({delay:.0f} s)" for delay, steps, *_ in after_kill]
+    alive = sum(bool(a) for _, _, a, _, _ in after_kill)
+    row.what_the_user_sees = (
+        f"kills landed in {'; '.join(where)}; {alive} left a process of the killed run running; "
+        f"after {stale} the instance recorded matter_pretrained as materialised while its "
+        f"checkpoint was a retraining in progress; the rerun restores "
+        f"{len(expected) - len(changed)} of {len(expected)} output files (metrics.json without "
+        f"its timings) byte for byte, {len(left)} hidden temporary files left"
     )
     return row

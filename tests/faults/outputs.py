@@ -4,6 +4,7 @@ whose files are missing."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -19,14 +20,24 @@ NOT_OUTPUTS = ("demo_world",)
 # on a free port, another at each run. Digests are taken with the port masked.
 SERVER_PORT = re.compile(rb"http://127\.0\.0\.1:\d+")
 
+# Training's metrics.json records how long the run took: digests are taken without these keys.
+TIMINGS = ("wall_s", "samples_per_s")
+
+# Metadata keys of a materialisation that name its output file or folder.
+OUTPUT_KEYS = ("path", "shard", "checkpoint_path", "export_path", "report")
+
 
 def _content(path: Path) -> bytes:
     data = path.read_bytes()
+    if path.name == "metrics.json":
+        metrics = json.loads(data)
+        data = json.dumps({k: v for k, v in metrics.items() if k not in TIMINGS}).encode()
     return SERVER_PORT.sub(b"http://127.0.0.1:PORT", data) if path.suffix == ".json" else data
 
 
 def digests(root: Path, skip: tuple[str, ...] = NOT_OUTPUTS) -> dict[str, str]:
-    """sha256 of every file under ``root`` (JSON with the local server's port masked), by path
+    """sha256 of every file under ``root`` (JSON with the local server's port masked, training
+    metrics without their timings), by path
     relative to it, but those under ``skip`` and hidden work in progress (see :func:`leftovers`)."""
     found = {}
     for folder, _, files in os.walk(root):
@@ -60,7 +71,7 @@ def differences(expected: dict[str, str], found: dict[str, str]) -> list[str]:
 
 def materialised_but_missing(home: Path, assets: list[str]) -> list[str]:
     """Partitions the Dagster instance at ``home`` records as materialised whose output path
-    (the ``path`` or ``shard`` metadata of the event) is missing or empty."""
+    (a metadata value of the event named in ``OUTPUT_KEYS``) is missing or empty."""
     import dagster as dg
 
     missing = []
@@ -69,7 +80,7 @@ def materialised_but_missing(home: Path, assets: list[str]) -> list[str]:
             records = instance.fetch_materializations(dg.AssetKey(asset), limit=1000).records
             for record in records:
                 event = record.asset_materialization
-                for key in ("path", "shard"):
+                for key in OUTPUT_KEYS:
                     value = event.metadata.get(key) if event else None
                     if value is None:
                         continue
