@@ -170,7 +170,7 @@ def test_overrides_reach_the_trainer_as_set_even_without_a_flag(
     assert trainer["temperature"] == 0.05 and trainer["resume"] is True and trainer["lr"] == 1e-5
     assert trainer["model"]["norm"] == "group" and trainer["augment"]["shift_px"] == 2
     assert trainer["bands"] == ["B02", "B03", "B04"]
-    assert trainer["out"] == str(tmp_path / "models" / "matter")
+    assert trainer["out"] == str(tmp_path / "models" / "matter" / "training")
 
 
 def test_the_store_refuses_paths_outside_its_root(tmp_path: Path) -> None:

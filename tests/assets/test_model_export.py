@@ -1,5 +1,5 @@
 """The `matter_pretrained` asset's export: the product level from the STAC collection, and the
-weights and card written beside the checkpoint."""
+weights and card written beside the checkpoint; its training folder, replaced only when done."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from assets.model import EXPORT, export_model, product_level_of
+from assets import model as model_assets
+from assets.model import EXPORT, TRAINING, export_model, product_level_of
 from assets.partitions import CONFIG
 from assets.resources import DataStore
 from matter_model.patch_store import StoreInfo, record_manifest, write_shard
@@ -50,3 +51,25 @@ def test_the_card_cites_the_manifest_digest_patch_triplets_recorded(tmp_path: Pa
     assert card["data"]["stac_items"] == 1
     exported = json.loads((store.model_dir / EXPORT / CARD).read_text())
     assert exported["data"]["manifest_digest"] == recorded["manifest_digest"]
+
+
+def test_a_killed_retraining_leaves_the_last_model_whole(tmp_path: Path) -> None:
+    """Training writes into its own folder: a run killed mid-way (its checkpoint of step 1 left
+    there) must not touch the model, and the next run starts from an empty folder."""
+    store = DataStore(root=str(tmp_path))
+    model = store.model_dir / "checkpoint.pt"
+    tiny_checkpoint(model)
+    before = model.read_bytes()
+    work = store.model_dir / TRAINING
+    assert model_assets.training_command(store)[-1] == str(work)
+    tiny_checkpoint(work / "checkpoint.pt", seed=1)  # what the killed run left
+    model_assets.start_training(store)
+    assert work.is_dir() and not any(work.iterdir())
+    assert model.read_bytes() == before
+    tiny_checkpoint(work / "checkpoint.pt", seed=2)  # the next run, finished
+    (work / "metrics.json").write_text(json.dumps({"checkpoint": str(work / "checkpoint.pt")}))
+    finished = (work / "checkpoint.pt").read_bytes()
+    model_assets.publish_training(store)
+    assert model.read_bytes() == finished != before and not work.exists()
+    metrics = json.loads((store.model_dir / "metrics.json").read_text())
+    assert metrics["checkpoint"] == str(model)
