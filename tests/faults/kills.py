@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from assets.jobs import DATASET_ASSETS, INFERENCE_ASSETS, MODEL_ASSETS
+from assets.model import TRAINING
 from tests.assets.demo_chain import REPO, tiny_config
 from tests.faults.outcome import FaultRow
 from tests.faults.outputs import differences, digests, leftovers, materialised_but_missing
@@ -348,10 +349,11 @@ def model_kills(tmp: Path, kills: int, seed: int) -> FaultRow:
     _snapshot(tmp, snapshot)
     args = [sys.executable, "-m", "tests.faults.run_model", *PARTITIONS]
     checkpoint = tmp / "data" / "models" / "matter" / "checkpoint.pt"
+    first = checkpoint.parent / TRAINING / "checkpoint.pt"  # training's, before it replaces it
     started, training_s = time.monotonic(), None
     process = start(args, _chain_env(tmp, config))
     while process.poll() is None:
-        if training_s is None and checkpoint.exists():
+        if training_s is None and (first.exists() or checkpoint.exists()):
             training_s = time.monotonic() - started
         time.sleep(0.05)
     full_s = time.monotonic() - started
