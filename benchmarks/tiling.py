@@ -20,7 +20,12 @@ Ours cuts one triplet (anchor, positive, negative: 3 patches) per 256 px window,
 3 patches per window while decoding the window at every date; torchgeo reads one patch per
 sample. Patches per second: ours counts patches written to the store, torchgeo patches loaded.
 One date allows no triplet (a positive needs a second date): that row reports none written.
-Prints a table and writes ``benchmarks/results/tiling.json``.
+
+The decode limit takes its turn beside them: every band and SCL file of every date decoded whole
+by GDAL on every core, and nothing else, counted as the patches (one window at one date) its
+pixels make; once at native resolution (what ours decodes) and once with GDAL resampling each
+band onto the 10 m grid while decoding. Prints a table with the ratios (over torchgeo, and as a
+share of the decode limit) and writes ``benchmarks/results/tiling.json``.
 """
 
 from __future__ import annotations
@@ -186,9 +191,42 @@ def run_torchgeo(folder: Path, dates: int, samples: int) -> dict:
     return usage(start, cpu_start, loaded)
 
 
+def run_decode(folder: Path, dates: int, resolution_m: int | None) -> dict:
+    """The decode limit: every band and the SCL of ``dates`` dates decoded whole, GDAL using
+    every core, nothing else done; counted as the 256 px patches (one window at one date) that
+    the pixels make. At native resolution (``resolution_m`` None), or each band decoded onto a
+    ``resolution_m`` grid by GDAL (nearest), as a reader that resamples while it decodes would."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    windows = (EXTENT_M // 10 // PATCH) ** 2
+    for day in date_names(dates):
+        for band in (*BANDS, "SCL"):
+            path = folder / FILENAME.format(tile=TILE, date=day, band=band)
+            with rasterio.open(path, NUM_THREADS="ALL_CPUS") as src:
+                side = EXTENT_M // resolution_m if resolution_m else None
+                shape = (side, side) if side else None
+                src.read(1, out_shape=shape, resampling=Resampling.nearest)
+    return usage(start, cpu_start, windows * dates)
+
+
+OURS, TORCHGEO, DECODE_NATIVE, DECODE_10M = "ours", "torchgeo", "decode-native", "decode-10m"
+SIDES = (OURS, TORCHGEO, DECODE_NATIVE, DECODE_10M)
+
+
+def run_side(side: str, folder: Path, dates: int, samples: int, store: Path) -> dict:
+    """One side's measurement, in this process."""
+    if side == OURS:
+        return run_ours(folder, dates, store)
+    if side == TORCHGEO:
+        return run_torchgeo(folder, dates, samples)
+    return run_decode(folder, dates, None if side == DECODE_NATIVE else 10)
+
+
 def measure(side: str, folder: Path, dates: int, samples: int) -> dict:
     """One measurement in a fresh subprocess of ``side``'s environment."""
-    python = str(TORCHGEO_PYTHON) if side == "torchgeo" else sys.executable
+    python = str(TORCHGEO_PYTHON) if side == TORCHGEO else sys.executable
     with tempfile.TemporaryDirectory(dir=folder.parent) as store:
         command = [python, __file__, "--worker", side, "--folder", str(folder)]
         command += ["--dates", str(dates), "--samples", str(samples), "--store", store]
@@ -207,15 +245,12 @@ def main() -> None:
     parser.add_argument("--dates", type=int, default=4, help="dates of the head-to-head")
     parser.add_argument("--curve", default="1,4,16", help="dates of the cost curve")
     parser.add_argument("--samples", type=int, default=300, help="torchgeo patches per run")
-    parser.add_argument("--worker", choices=("ours", "torchgeo"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker == "ours":
-        print(json.dumps(run_ours(args.folder, args.dates, args.store)))
-        return
-    if args.worker == "torchgeo":
-        print(json.dumps(run_torchgeo(args.folder, args.dates, args.samples)))
+    if args.worker:
+        print(json.dumps(run_side(args.worker, args.folder, args.dates, args.samples, args.store)))
         return
 
     if not REAL_TILE.is_dir():
@@ -229,18 +264,34 @@ def main() -> None:
         started = time.perf_counter()
         build_test_set(REAL_TILE, folder, max([args.dates, *curve]))
         print(f"test set built in {time.perf_counter() - started:.1f} s")
-        head: dict[str, list[dict]] = {"ours": [], "torchgeo": []}
+        head: dict[str, list[dict]] = {side: [] for side in SIDES}
         for _ in range(args.repeats):
             for side in head:
                 head[side].append(measure(side, folder, args.dates, args.samples))
         rows = []
         for dates in curve:
-            for side in ("ours", "torchgeo"):
+            for side in (OURS, TORCHGEO):
                 row = head[side][0] if dates == args.dates else None
                 rows.append(
                     {"side": side, "dates": dates}
                     | (row or measure(side, folder, dates, args.samples))
                 )
+    result = summary(head, args) | {
+        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
+        "runs": head,
+        "cost_curve": rows,
+    }
+    # The project's environment only: torchgeo's worker runs this file without it.
+    from matter_model.atomic_io import atomic_write_text
+
+    out = RESULTS / "tiling.json"
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    report(result, rows, args)
+    print(f"wrote {out.relative_to(REPO)}")
+
+
+def summary(head: dict[str, list[dict]], args: argparse.Namespace) -> dict:
+    """The medians of the head-to-head runs and the ratios the targets are about."""
 
     def median(side: str, key: str) -> float:
         return statistics.median(r[key] for r in head[side])
@@ -252,34 +303,36 @@ def main() -> None:
         "dates": args.dates,
         "repeats": args.repeats,
         "cpu_count": os.cpu_count(),
-        "ours_patches_per_s": median("ours", "patches_per_s"),
-        "torchgeo_patches_per_s": median("torchgeo", "patches_per_s"),
-        "ours_peak_mb": median("ours", "peak_mb"),
-        "torchgeo_peak_mb": median("torchgeo", "peak_mb"),
-        "ours_patches_per_cpu_s": median("ours", "patches_per_cpu_s"),
-        "torchgeo_patches_per_cpu_s": median("torchgeo", "patches_per_cpu_s"),
-        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
-        "runs": head,
-        "cost_curve": rows,
     }
-    result["speedup"] = result["ours_patches_per_s"] / result["torchgeo_patches_per_s"]
+    for side in SIDES:
+        key = side.replace("-", "_")
+        for figure in ("patches_per_s", "patches_per_cpu_s", "peak_mb"):
+            result[f"{key}_{figure}"] = median(side, figure)
+    ours = result["ours_patches_per_s"]
+    result["speedup"] = ours / result["torchgeo_patches_per_s"]
     result["cpu_speedup"] = result["ours_patches_per_cpu_s"] / result["torchgeo_patches_per_cpu_s"]
-    # The project's environment only: torchgeo's worker runs this file without it.
-    from matter_model.atomic_io import atomic_write_text
+    result["share_of_decode_native"] = ours / result["decode_native_patches_per_s"]
+    result["share_of_decode_10m"] = ours / result["decode_10m_patches_per_s"]
+    return result
 
-    out = RESULTS / "tiling.json"
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
 
+def report(result: dict, rows: list[dict], args: argparse.Namespace) -> None:
+    """Print the head-to-head table, the ratios and the cost curve."""
     print(f"\n{args.dates} dates, median of {args.repeats}:")
-    print(f"{'':10} {'patches/s':>10} {'per CPU-s':>10} {'peak MB':>8}")
-    for side in ("ours", "torchgeo"):
+    print(f"{'':14} {'patches/s':>10} {'per CPU-s':>10} {'peak MB':>8}")
+    for side in SIDES:
+        key = side.replace("-", "_")
         print(
-            f"{side:10} {result[f'{side}_patches_per_s']:10.1f} "
-            f"{result[f'{side}_patches_per_cpu_s']:10.1f} {result[f'{side}_peak_mb']:8.0f}"
+            f"{side:14} {result[f'{key}_patches_per_s']:10.1f} "
+            f"{result[f'{key}_patches_per_cpu_s']:10.1f} {result[f'{key}_peak_mb']:8.0f}"
         )
+    load = result["load_average_1min"]
     print(
-        f"speedup {result['speedup']:.2f}x (target 5x), per CPU-second "
-        f"{result['cpu_speedup']:.2f}x; load average {load_start:.1f} at the start"
+        f"speedup over torchgeo {result['speedup']:.2f}x (target 5x), per CPU-second "
+        f"{result['cpu_speedup']:.2f}x; share of the decode limit "
+        f"{result['share_of_decode_native']:.2f} native, {result['share_of_decode_10m']:.2f} at "
+        f"10 m (target 1/3); load average {load['start']:.1f} at the start, "
+        f"{load['end']:.1f} at the end"
     )
     print(
         f"\ncost curve:\n{'side':10} {'dates':>5} {'patches':>8} {'seconds':>8} {'CPU s':>7} "
@@ -290,7 +343,6 @@ def main() -> None:
             f"{r['side']:10} {r['dates']:5d} {r['patches']:8d} {r['seconds']:8.2f} "
             f"{r['cpu_s']:7.2f} {r['peak_mb']:8.0f} MB"
         )
-    print(f"wrote {out.relative_to(REPO)}")
 
 
 if __name__ == "__main__":
