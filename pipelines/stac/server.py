@@ -2,11 +2,13 @@
 
 The demo world and tests go through the same HTTP search code path as Earth Search. The server
 runs in its own process group, so stopping it (or the end of the owning process's context)
-leaves no process behind.
+leaves no process behind; on Linux it is also told to stop when its owner dies, so a run killed
+with SIGKILL (which runs no cleanup) does not leave it serving.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -16,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -33,6 +36,23 @@ def _rustac_executable() -> str:
             "`rustac` Python package)"
         )
     return found
+
+
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal the calling process gets when its parent dies
+
+
+def _stop_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child get SIGTERM when its parent dies (Linux), else None.
+    libc is loaded here, before the fork: the child only makes the one call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    signal_number = ctypes.c_ulong(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal_number)
+
+    return preexec
 
 
 def free_port() -> int:
@@ -66,6 +86,7 @@ class StacServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=_stop_with_parent(),  # noqa: PLW1509 (one prctl call, no lock taken)
         )
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
