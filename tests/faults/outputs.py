@@ -17,7 +17,8 @@ HIDDEN_WORK = (".tmp.", ".trash.")
 NOT_OUTPUTS = ("demo_world",)
 
 # The found items keep the links of the STAC API that served them: the demo's `rustac serve` is
-# on a free port, another at each run. Digests are taken with the port masked.
+# on a free port, another at each run. Digests are taken with the port masked, in the items'
+# JSON and in their STAC-GeoParquet snapshot (compared row by row, as JSON).
 SERVER_PORT = re.compile(rb"http://127\.0\.0\.1:\d+")
 
 # Training's metrics.json records how long the run took: digests are taken without these keys.
@@ -28,16 +29,23 @@ OUTPUT_KEYS = ("path", "shard", "checkpoint_path", "export_path", "report")
 
 
 def _content(path: Path) -> bytes:
-    data = path.read_bytes()
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+        data = json.dumps(rows, sort_keys=True, default=str).encode()
+    else:
+        data = path.read_bytes()
     if path.name == "metrics.json":
         metrics = json.loads(data)
         data = json.dumps({k: v for k, v in metrics.items() if k not in TIMINGS}).encode()
-    return SERVER_PORT.sub(b"http://127.0.0.1:PORT", data) if path.suffix == ".json" else data
+    masked = path.suffix in (".json", ".parquet")
+    return SERVER_PORT.sub(b"http://127.0.0.1:PORT", data) if masked else data
 
 
 def digests(root: Path, skip: tuple[str, ...] = NOT_OUTPUTS) -> dict[str, str]:
-    """sha256 of every file under ``root`` (JSON with the local server's port masked, training
-    metrics without their timings), by path
+    """sha256 of every file under ``root`` (JSON and GeoParquet with the local server's port
+    masked, training metrics without their timings), by path
     relative to it, but those under ``skip`` and hidden work in progress (see :func:`leftovers`)."""
     found = {}
     for folder, _, files in os.walk(root):
