@@ -13,6 +13,7 @@ transform unchanged, so read by its own georeference it lands about a hundred me
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -137,6 +138,14 @@ def _recorded_fraction(home: Path) -> float | None:
     return None
 
 
+def _error_start(said: str) -> int:
+    """Where the error naming the file starts in a log line: its exception's name (the last one
+    before the file's name), else just before the name."""
+    named_at = said.find("<data>")
+    names = list(re.finditer(r"\w*Error\b", said[: max(named_at, 0)]))
+    return names[-1].start() if names else max(named_at - 20, 0)
+
+
 def _judge(
     fault: str, run: subprocess.CompletedProcess, data: Path, path: Path, other_kept: bool
 ) -> FaultRow:
@@ -151,7 +160,7 @@ def _judge(
             f"{output.strip().splitlines()[-1:]}; other partition kept {other_kept}",
         )
         said = said.replace(str(data), "<data>")
-        start = max(said.find("<data>") - 20, 0)  # from just before the file's name
+        start = _error_start(said)
         row.what_the_user_sees = f"the partition fails: {said[start : start + 320]}" if said else ""
         return row
     dates = _stack_dates(data)
