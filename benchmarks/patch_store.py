@@ -30,7 +30,7 @@ import pandas as pd
 
 from matter_model.atomic_io import atomic_write_text
 from matter_model.datasets.oscd import OSCD
-from matter_model.inputs import REFLECTANCE, SCENE_STANDARDISED, standardize
+from matter_model.inputs import REFLECTANCE, SCENE_STANDARDISED, standardise
 from matter_model.patch_store import (
     CODECS,
     ROLES,
@@ -63,7 +63,7 @@ def real_triplets(cities: list[str], limit: int) -> dict[str, dict[str, np.ndarr
     rng = np.random.default_rng(0)
     for city in cities:
         loaded = oscd.load(city)
-        for values, prepare in ((REFLECTANCE, lambda x: x), (SCENE_STANDARDISED, standardize)):
+        for values, prepare in ((REFLECTANCE, lambda x: x), (SCENE_STANDARDISED, standardise)):
             first, second = windows(prepare(loaded.image_1)), windows(prepare(loaded.image_2))
             for role, array in zip(
                 sets[values], (first, second, first[rng.permutation(len(first))]), strict=True

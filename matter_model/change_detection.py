@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from matter_model.inputs import Preparation, as_reflectance, standardize
+from matter_model.inputs import Preparation, as_reflectance, standardise
 from matter_model.metrics import ConfusionCounts, confusion_counts, ranking_quality
 
 FeatureExtractor = Callable[[np.ndarray], np.ndarray]
@@ -117,7 +117,7 @@ def cva_features(image: np.ndarray) -> np.ndarray:
     The L2 distance between two dates is then the CVA magnitude of the normalised bands, which
     ignores a global gain or offset of each band between dates.
     """
-    return standardize(image, robust=True)
+    return standardise(image, robust=True)
 
 
 def model_features(

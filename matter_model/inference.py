@@ -38,7 +38,7 @@ from matter_model.inputs import (
     as_reflectance,
     band_statistics,
     input_preparation,
-    standardize,
+    standardise,
 )
 
 logger = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def date_preparation(prepare: Preparation, reflectance: ArrayLike, valid: ArrayL
     and scale over the date's valid pixels, read one band at a time."""
     if prepare is as_reflectance:
         return as_reflectance
-    if prepare is not standardize:
+    if prepare is not standardise:
         raise ValueError(f"{prepare!r} cannot be applied tile by tile; add it to date_preparation")
     mask = np.asarray(valid, dtype=bool)
     stats = [

@@ -27,7 +27,7 @@ VALUES = (REFLECTANCE, SCENE_STANDARDISED)  # what a patch store's numbers can b
 IQR_TO_STD = 1.3489795
 
 
-def standardize(
+def standardise(
     image: np.ndarray,
     robust: bool = True,
     valid: np.ndarray | None = None,
@@ -57,7 +57,7 @@ def band_statistics(
     valid: np.ndarray | None = None,
     min_scale: float = 0.0,
 ) -> tuple[np.float64, np.float64]:
-    """The centre and scale :func:`standardize` gives one band ``(H, W)`` (a flat band's scale
+    """The centre and scale :func:`standardise` gives one band ``(H, W)`` (a flat band's scale
     is 1); tiled inference computes them once per scene and applies them per tile."""
     pixels = band[np.isfinite(band) if valid is None else valid]
     if pixels.size == 0:
@@ -67,7 +67,7 @@ def band_statistics(
         scale = max((q3 - q1) / IQR_TO_STD, min_scale)
     else:
         centre, scale = pixels.mean(), max(pixels.std(), min_scale)
-    # float64, as numpy's statistics give them: the arithmetic of standardize is unchanged
+    # float64, as numpy's statistics give them: the arithmetic of standardise is unchanged
     return np.float64(centre), np.float64(scale if scale > 0 else 1.0)
 
 
@@ -78,7 +78,7 @@ def as_reflectance(image: np.ndarray) -> np.ndarray:
 
 PREPARATIONS: dict[str, Preparation] = {
     REFLECTANCE: as_reflectance,
-    SCENE_STANDARDISED: standardize,
+    SCENE_STANDARDISED: standardise,
 }
 
 

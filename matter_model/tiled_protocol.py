@@ -135,7 +135,7 @@ def cut_tiles(image: np.ndarray, corners: list[tuple[int, int]], tile: int) -> n
     return out
 
 
-def standardize_tiles(tiles: np.ndarray) -> np.ndarray:
+def standardise_tiles(tiles: np.ndarray) -> np.ndarray:
     """Each band of each tile ``(N, C, T, T)`` standardised over that tile: ``(x - mean) /
     std``, std with Bessel's correction (``torch.var``'s default); a flat band only centred."""
     x = np.asarray(tiles, dtype=np.float64)
@@ -227,8 +227,8 @@ def choose_tiles(pair: ChangePair, protocol: TiledProtocol) -> PairTiles:
     return PairTiles(
         pair.name,
         chosen,
-        standardize_tiles(cut_tiles(pair.image_1, chosen, t)),
-        standardize_tiles(cut_tiles(pair.image_2, chosen, t)),
+        standardise_tiles(cut_tiles(pair.image_1, chosen, t)),
+        standardise_tiles(cut_tiles(pair.image_2, chosen, t)),
         cut_tiles(truth, chosen, t),
         grid=len(corners),
         invalid=len(corners) - len(full),

@@ -34,7 +34,7 @@ import xarray as xr
 from scipy import ndimage
 
 from matter_model.change_detection import feature_distance
-from matter_model.inputs import IQR_TO_STD, standardize
+from matter_model.inputs import IQR_TO_STD, standardise
 from pipelines.blocks import as_blocks
 from pipelines.stack_store import stack_grid
 
@@ -46,7 +46,7 @@ def robust_cva(image_a: np.ndarray, image_b: np.ndarray, valid: np.ndarray) -> n
     """RMS difference per pixel (y, x) of the two dates' bands, each standardised by its median
     and IQR over ``valid`` pixels: the CVA distance, in IQR units per band."""
     standardised = (
-        standardize(image, valid=valid, min_scale=_MIN_IQR / IQR_TO_STD)
+        standardise(image, valid=valid, min_scale=_MIN_IQR / IQR_TO_STD)
         for image in (image_a, image_b)
     )
     # The CVA distance divides by IQR / 1.349 and sums over bands: the RMS of differences in IQR

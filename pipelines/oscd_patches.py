@@ -42,7 +42,7 @@ import xarray as xr
 
 from matter_model.bands import MATTER_BANDS
 from matter_model.datasets.oscd import OSCD, OSCDCity, OSCDError
-from matter_model.inputs import SCENE_STANDARDISED, standardize
+from matter_model.inputs import SCENE_STANDARDISED, standardise
 from matter_model.logs import configure_cli_logging
 from pipelines.change_screen import screen_windows
 from pipelines.tiling import NegativePool, StackSource, TilingSettings, tile_to_store
@@ -63,7 +63,7 @@ def city_stack(city: OSCDCity) -> xr.Dataset:
     if city.crs.to_epsg() is None:
         raise OSCDError(f"city {city.name!r}: CRS {city.crs} has no EPSG code")
     valid = np.broadcast_to(city.valid, (2, *city.valid.shape)).copy()
-    dates_stack = np.stack([standardize(city.image_1), standardize(city.image_2)])
+    dates_stack = np.stack([standardise(city.image_1), standardise(city.image_2)])
     return xr.Dataset(
         {
             "reflectance": (("time", "band", "y", "x"), dates_stack),

@@ -119,7 +119,7 @@ CLOUD = _spectrum(
 )
 
 
-def standardize(field: np.ndarray) -> np.ndarray:
+def standardise(field: np.ndarray) -> np.ndarray:
     """Zero mean, unit standard deviation (float32)."""
     field = field - field.mean()
     return (field / (field.std() + 1e-12)).astype(np.float32)
@@ -128,7 +128,7 @@ def standardize(field: np.ndarray) -> np.ndarray:
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Gaussian-filtered white noise, standardised: blobs of about ``sigma`` px."""
     white = rng.standard_normal(shape).astype(np.float32)
-    return standardize(ndimage.gaussian_filter(white, sigma, mode="wrap"))
+    return standardise(ndimage.gaussian_filter(white, sigma, mode="wrap"))
 
 
 def multiscale_noise(
@@ -141,7 +141,7 @@ def multiscale_noise(
     total = np.zeros(shape, np.float32)
     for octave, sigma in enumerate(sigmas):
         total += persistence ** (len(sigmas) - 1 - octave) * smooth_noise(rng, shape, sigma)
-    return standardize(total)
+    return standardise(total)
 
 
 def stripes(

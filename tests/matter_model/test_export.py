@@ -18,7 +18,7 @@ import matter_model
 from matter_model.bands import MATTER_BANDS
 from matter_model.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from matter_model.export import ExportInputError, export, main
-from matter_model.inputs import SCENE_STANDARDISED, standardize
+from matter_model.inputs import SCENE_STANDARDISED, standardise
 from matter_model.patch_store import StoreInfo, manifest_digest, record_manifest, write_shard
 from matter_model.pretrained import CARD, WEIGHTS, ExportError, InputMismatchError, load
 from tests.matter_model.tiny_model import TINY_MODEL, tiny_checkpoint
@@ -105,7 +105,7 @@ def test_card_reads_what_the_patch_store_records(tmp_path: Path) -> None:
     assert card["evaluation"] is None
     _, prepare = load(tmp_path / "out")
     dn = _dn(1)
-    expected = standardize(dn.astype(np.float32) * np.float32(1e-4))
+    expected = standardise(dn.astype(np.float32) * np.float32(1e-4))
     np.testing.assert_allclose(prepare(dn, MATTER_BANDS, "l1c")[0].numpy(), expected, atol=1e-5)
     with pytest.raises(ExportInputError, match="--product-level L2A contradicts.*L1C"):
         export(checkpoint, tmp_path / "out", "L2A")

@@ -25,7 +25,7 @@ from matter_model.inference import (
     tiled_apply,
     tiled_inference,
 )
-from matter_model.inputs import SCENE_STANDARDISED, input_preparation, standardize
+from matter_model.inputs import SCENE_STANDARDISED, input_preparation, standardise
 from tests.matter_model.tiny_model import tiny_checkpoint
 
 
@@ -157,7 +157,7 @@ def test_scene_standardisation_is_computed_once_over_the_date() -> None:
     image = np.random.default_rng(3).normal(2, 3, (4, 60, 50)).astype(np.float32)
     preparation = input_preparation({"inputs": SCENE_STANDARDISED})
     per_tile = date_preparation(preparation, image, np.ones((60, 50), bool))
-    np.testing.assert_allclose(per_tile(image[:, :20, 10:30]), standardize(image)[:, :20, 10:30])
+    np.testing.assert_allclose(per_tile(image[:, :20, 10:30]), standardise(image)[:, :20, 10:30])
 
 
 def test_change_score_and_mask_are_those_of_detect_changes() -> None:

@@ -24,7 +24,7 @@ from matter_model.tiled_protocol import (
     evaluate_tiled,
     gaussian_kernel,
     gaussian_sigma,
-    standardize_tiles,
+    standardise_tiles,
     tile_bands,
     tile_grid,
     tile_starts,
@@ -80,7 +80,7 @@ def naive_blur(maps: np.ndarray, kernel_size: int, sigma: float) -> np.ndarray:
     return out
 
 
-def naive_standardize(tile: np.ndarray) -> np.ndarray:
+def naive_standardise(tile: np.ndarray) -> np.ndarray:
     """One tile ``(C, T, T)``, band by band: (x - mean) / std, std with ddof=1."""
     out = np.empty(tile.shape)
     for c in range(tile.shape[0]):
@@ -168,18 +168,18 @@ def test_choose_tiles_keeps_valid_tiles_and_those_with_change() -> None:
         assert cut.grid == 9 and cut.invalid == 3
         for n, (y, x) in enumerate(expected):
             np.testing.assert_array_equal(cut.truth[n], pair.truth[y : y + 16, x : x + 16])
-            ref = naive_standardize(pair.image_1[:, y : y + 16, x : x + 16])
+            ref = naive_standardise(pair.image_1[:, y : y + 16, x : x + 16])
             np.testing.assert_allclose(cut.tiles_1[n], ref, rtol=1e-5, atol=1e-5)
     # the change block (rows 3-10, columns 20-28) lies in the tile (0, 16) alone
     assert choose_tiles(pair, TiledProtocol(tile=16, tiles="change")).corners == [(0, 16)]
 
 
-def test_standardize_tiles_is_the_authors_stad_image() -> None:
+def test_standardise_tiles_is_the_authors_stad_image() -> None:
     tiles = np.random.default_rng(1).normal(3.0, 2.0, (4, 3, 8, 8)).astype(np.float32)
     tiles[2, 1] = 5.0  # a flat band is only centred
-    got = standardize_tiles(tiles)
+    got = standardise_tiles(tiles)
     for n in range(4):
-        np.testing.assert_allclose(got[n], naive_standardize(tiles[n]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[n], naive_standardise(tiles[n]), rtol=1e-5, atol=1e-6)
     assert (got[2, 1] == 0).all()
     # utils.stad_image: per (tile, band) mean and torch.var (unbiased), on non-flat tiles
     t = torch.from_numpy(tiles[[0, 1, 3]]).double().reshape(3, 3, 64)
@@ -223,8 +223,8 @@ def naive_protocol(pairs: list[ChangePair], extractor, tile: int, batch: int, ti
                 truth = pair.truth[sl]
                 if tiles == "change" and not truth.any():
                     continue
-                f1 = extractor(naive_standardize(pair.image_1[(slice(None), *sl)])[None])[0]
-                f2 = extractor(naive_standardize(pair.image_2[(slice(None), *sl)])[None])[0]
+                f1 = extractor(naive_standardise(pair.image_1[(slice(None), *sl)])[None])[0]
+                f2 = extractor(naive_standardise(pair.image_2[(slice(None), *sl)])[None])[0]
                 d = np.sqrt(((f1 - f2) ** 2).sum(axis=0))
                 stream.append((pair.name, naive_blur(d[None], 13, 2.3)[0], truth))
     counts = {p.name: {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "tiles": 0} for p in pairs}

@@ -10,7 +10,7 @@ import pytest
 
 from matter_model.bands import MATTER_BANDS
 from matter_model.datasets.oscd import OSCD, OSCDError
-from matter_model.inputs import standardize
+from matter_model.inputs import standardise
 from matter_model.patch_store import TripletDataset, read_info, read_patches, shard_ids
 from pipelines.oscd_patches import build_oscd_patch_store, city_stack
 from tests.conftest import REAL_DATA
@@ -82,5 +82,5 @@ def test_city_stack_standardises_each_date_over_the_scene(tmp_path: Path) -> Non
     city = OSCD(make_release(tmp_path / "oscd")).load("nolabel")
     stack = city_stack(city)["reflectance"].values
     for date, image in enumerate((city.image_1, city.image_2)):
-        np.testing.assert_allclose(stack[date], standardize(image))
+        np.testing.assert_allclose(stack[date], standardise(image))
     np.testing.assert_allclose(np.median(stack, axis=(2, 3)), 0, atol=1e-5)
