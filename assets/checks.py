@@ -17,7 +17,7 @@ import pandas as pd
 import zarr
 
 from assets.imagery import coregistered_stack
-from assets.partitions import CONFIG, REGION_WINDOWS, RegionWindow, region_window
+from assets.partitions import CONFIG, REGION_TIMES, RegionTime, region_time
 from assets.patches import change_screen, patch_triplets, tiling_inputs
 from assets.resources import DataStore
 from matter_model.patch_store import ROLES
@@ -34,14 +34,14 @@ PATCH_BLOCK = 256
 
 
 # The judgement of every check by name, callable on any store and partition without Dagster.
-JUDGES: dict[str, Callable[[DataStore, RegionWindow], dg.AssetCheckResult]] = {}
+JUDGES: dict[str, Callable[[DataStore, RegionTime], dg.AssetCheckResult]] = {}
 
 
 def partition_check(asset: dg.AssetsDefinition):
-    """Turn ``judge(store, part)`` into a blocking check of each region x window partition of
+    """Turn ``judge(store, part)`` into a blocking check of each region x time partition of
     ``asset``, named and described after the judge (which stays in :data:`JUDGES`)."""
 
-    def decorate(judge: Callable[[DataStore, RegionWindow], dg.AssetCheckResult]):
+    def decorate(judge: Callable[[DataStore, RegionTime], dg.AssetCheckResult]):
         JUDGES[judge.__name__] = judge
 
         @dg.asset_check(
@@ -49,10 +49,10 @@ def partition_check(asset: dg.AssetsDefinition):
             name=judge.__name__,
             description=inspect.getdoc(judge),
             blocking=True,
-            partitions_def=REGION_WINDOWS,
+            partitions_def=REGION_TIMES,
         )
         def check(context: dg.AssetCheckExecutionContext, store: DataStore) -> dg.AssetCheckResult:
-            return judge(store, region_window(context))
+            return judge(store, region_time(context))
 
         return check
 
@@ -65,9 +65,9 @@ def setting(name: str):
 
 
 @partition_check(coregistered_stack)
-def cloud_free_fraction(store: DataStore, part: RegionWindow) -> dg.AssetCheckResult:
+def cloud_free_fraction(store: DataStore, part: RegionTime) -> dg.AssetCheckResult:
     """Enough of the stack is cloud-free (valid in SCL) to be worth screening and tiling."""
-    stack = open_stack(store.stack(part.region, part.window))
+    stack = open_stack(store.stack(part.region, part.time))
     per_date = stack["valid_fraction"].values.astype(float)
     dates = stack_dates(stack)
     overall = float(per_date.mean())
@@ -113,9 +113,9 @@ def residual_shifts(stack, band: str = "B08") -> dict[str, float | None]:
 
 
 @partition_check(coregistered_stack)
-def coregistration_residual(store: DataStore, part: RegionWindow) -> dg.AssetCheckResult:
+def coregistration_residual(store: DataStore, part: RegionTime) -> dg.AssetCheckResult:
     """After correction, no date is still shifted against the reference by more than the limit."""
-    residuals = residual_shifts(open_stack(store.stack(part.region, part.window)))
+    residuals = residual_shifts(open_stack(store.stack(part.region, part.time)))
     measured = [r for r in residuals.values() if r is not None]
     worst = max(measured, default=0.0)
     threshold = float(setting("max_residual_shift_px"))
@@ -136,7 +136,7 @@ def coregistration_residual(store: DataStore, part: RegionWindow) -> dg.AssetChe
 
 
 @partition_check(change_screen)
-def unchanged_share(store: DataStore, part: RegionWindow) -> dg.AssetCheckResult:
+def unchanged_share(store: DataStore, part: RegionTime) -> dg.AssetCheckResult:
     """The share of valid windows kept as unchanged is neither implausibly low nor high.
 
     Near 0 the threshold or the radiometry is off; near 1 the screen sees no change at all. The
@@ -144,7 +144,7 @@ def unchanged_share(store: DataStore, part: RegionWindow) -> dg.AssetCheckResult
     window may well be unchanged). A partition without a single valid window (all cloudy) is a
     warning, not a failure: tiling then writes an empty shard.
     """
-    table = pd.read_csv(store.screen(part.region, part.window))
+    table = pd.read_csv(store.screen(part.region, part.time))
     min_valid = CONFIG.screen.min_valid_fraction
     valid_windows = int((table["min_valid_fraction"] >= min_valid).sum())
     kept = int(table["unchanged"].sum())
@@ -186,7 +186,7 @@ def bad_patches(group: zarr.Group) -> dict[str, dict[str, int]]:
 
 
 @partition_check(patch_triplets)
-def patches_finite_and_not_empty(store: DataStore, part: RegionWindow) -> dg.AssetCheckResult:
+def patches_finite_and_not_empty(store: DataStore, part: RegionTime) -> dg.AssetCheckResult:
     """No anchor, positive or negative patch holds NaN or infinity, or is one flat value."""
     group = zarr.open_group(store.patch_store / "shards" / part.shard_id, mode="r")
     counts = bad_patches(group)
@@ -204,7 +204,7 @@ def patches_finite_and_not_empty(store: DataStore, part: RegionWindow) -> dg.Ass
 
 
 @partition_check(patch_triplets)
-def patch_count_matches_windows(store: DataStore, part: RegionWindow) -> dg.AssetCheckResult:
+def patch_count_matches_windows(store: DataStore, part: RegionTime) -> dg.AssetCheckResult:
     """The shard holds exactly the triplets its unchanged windows predict: none lost, none extra."""
     inputs = tiling_inputs(store, part)
     expected = count_triplets(inputs.source, inputs.screen, inputs.settings, inputs.negative_pool)

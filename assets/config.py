@@ -104,7 +104,7 @@ class StacSettings(Section):
 
 class TimeWindows(Section):
     start: date
-    end: date | None = None  # None: windows up to today
+    end: date | None = None  # None: time windows up to today
     months: Annotated[int, Field(ge=1, le=12)] = 3
 
     @model_validator(mode="after")
@@ -247,7 +247,7 @@ class EvaluationSettings(Section):
 
 class SensorSettings(Section):
     interval_s: PositiveInt = 3600
-    lookback_windows: PositiveInt = 2  # complete windows searched each tick
+    lookback_windows: PositiveInt = 2  # complete time partitions searched each tick
 
 
 class CheckSettings(Section):

@@ -1,7 +1,7 @@
 """`make demo`: run the whole chain on the embedded default and name the report it wrote.
 
 Runs the `matter_chain` job the way a backfill would: the dataset assets once per region x
-window partition, then pretraining and evaluation over every materialised partition, then the
+time partition, then pretraining and evaluation over every materialised partition, then the
 embeddings and change maps of each partition with the pretrained model. Runs are
 recorded in the Dagster instance at $DAGSTER_HOME, so `make ui` shows them afterwards.
 """
@@ -15,7 +15,7 @@ import dagster as dg
 
 from assets.definitions import defs
 from assets.jobs import DATASET_ASSETS, INFERENCE_ASSETS, MODEL_ASSETS
-from assets.partitions import REGION_WINDOWS
+from assets.partitions import REGION_TIMES
 
 # Step logs at INFO: the training progress and each step's outcome, without Dagster's DEBUG events.
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -25,7 +25,7 @@ def run_partitions(
     job: dg.JobDefinition, instance: dg.DagsterInstance, assets: list[str]
 ) -> dg.ExecuteInProcessResult | None:
     """``assets`` for every partition in turn; the first failed run, or None when all succeed."""
-    for key in REGION_WINDOWS.get_partition_keys():
+    for key in REGION_TIMES.get_partition_keys():
         started = time.monotonic()
         result = job.execute_in_process(
             instance=instance,

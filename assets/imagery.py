@@ -7,7 +7,7 @@ import numpy as np
 
 from assets.config import endpoint_url
 from assets.dask_resource import DaskCluster
-from assets.partitions import CONFIG, REGION_WINDOWS, RegionWindow, region_window
+from assets.partitions import CONFIG, REGION_TIMES, RegionTime, region_time
 from assets.previews import figure_png, png_metadata, true_colour
 from assets.resources import DataStore, StacApi
 from matter_model.atomic_io import atomic_write_text
@@ -29,7 +29,7 @@ def href_policy(endpoint: str) -> HrefPolicy:
     return HrefPolicy.for_endpoint(endpoint, CONFIG.stac.asset_hosts, CONFIG.stac.href_rewrites)
 
 
-def search_usable(stac: StacApi, part: RegionWindow) -> tuple[list[dict], dict[str, str], str]:
+def search_usable(stac: StacApi, part: RegionTime) -> tuple[list[dict], dict[str, str], str]:
     """The partition's usable items from the STAC API, the skipped ones' reasons by item id, and
     the endpoint searched; no usable item is an error."""
     request = stac.request(CONFIG.region(part.region), part.start, part.end)
@@ -39,17 +39,17 @@ def search_usable(stac: StacApi, part: RegionWindow) -> tuple[list[dict], dict[s
     reasons = {s.item_id: s.reason for s in skipped}
     if not items:
         raise StacSearchError(
-            f"none of the {len(found)} items found for {part.region} {part.window} is usable: "
+            f"none of the {len(found)} items found for {part.region} {part.time} is usable: "
             f"{reasons}"
         )
     return items, reasons, request.url if not stac.is_demo else "demo world (rustac serve)"
 
 
-@dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, kinds={"stac"})
+@dg.asset(partitions_def=REGION_TIMES, group_name=GROUP, kinds={"stac"})
 def stac_items(
     context: dg.AssetExecutionContext, stac: StacApi, store: DataStore
 ) -> dg.MaterializeResult:
-    """Sentinel-2 L2A items over the region in the time window, under the cloud-cover limit.
+    """Sentinel-2 L2A items of the partition's region and time span, under the cloud-cover limit.
 
     Items the pipeline cannot read (missing bands, projection or processing baseline) are
     skipped; their count and reasons go into the metadata. The usable items are frozen as a
@@ -57,8 +57,8 @@ def stac_items(
     the stack reads, holds the items as read back from the snapshot. With ``stac.replay`` the
     snapshot is read instead of searching, so the partition is rebuilt from the same items.
     """
-    part = region_window(context)
-    snapshot = store.items_snapshot(part.region, part.window)
+    part = region_time(context)
+    snapshot = store.items_snapshot(part.region, part.time)
     if stac.replay:
         reasons: dict[str, str] = {}
         endpoint = "replay of the snapshot (stac.replay)"
@@ -67,7 +67,7 @@ def stac_items(
         found, reasons, endpoint = search_usable(stac, part)
         write_snapshot(snapshot, found)
     items = read_snapshot(snapshot, part.key)  # downstream reads what the snapshot holds
-    path = store.items(part.region, part.window)
+    path = store.items(part.region, part.time)
     atomic_write_text(path, json.dumps({"type": "FeatureCollection", "features": items}))
     clouds = [it["properties"]["eo:cloud_cover"] for it in items]
     return dg.MaterializeResult(
@@ -86,7 +86,7 @@ def stac_items(
     )
 
 
-@dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, deps=[stac_items], kinds={"zarr"})
+@dg.asset(partitions_def=REGION_TIMES, group_name=GROUP, deps=[stac_items], kinds={"zarr"})
 def coregistered_stack(
     context: dg.AssetExecutionContext, store: DataStore, dask_cluster: DaskCluster
 ) -> dg.MaterializeResult:
@@ -95,9 +95,9 @@ def coregistered_stack(
     Computed in blocks on the step's dask cluster and streamed into the store, so a full tile
     fits in the memory of a few blocks; the metadata and preview are read back from the store.
     """
-    part = region_window(context)
+    part = region_time(context)
     region = CONFIG.region(part.region)
-    items = json.loads(store.items(part.region, part.window).read_text())["features"]
+    items = json.loads(store.items(part.region, part.time).read_text())["features"]
     check_asset_hrefs(items, href_policy(endpoint_url(CONFIG.stac.endpoint)))
     # The UTM zone of the region's centre, whatever zones its items come in: every partition
     # of a region then shares one grid.
@@ -112,7 +112,7 @@ def coregistered_stack(
         chunk_px=CONFIG.grid.chunk_px,
         sample_px=CONFIG.grid.sample_px,
     )
-    path = write_stack(stack, store.stack(part.region, part.window))
+    path = write_stack(stack, store.stack(part.region, part.time))
     stack = open_stack(path)
     dates = stack_dates(stack)
     rgb = ["B04", "B03", "B02"]

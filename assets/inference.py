@@ -2,7 +2,7 @@
 and the change maps between its consecutive dates, on the stack's grid.
 
 Both run tile by tile (:mod:`matter_model.inference`), so a whole MGRS tile fits in the memory
-of a few tiles; the model runs on CUDA when present. The window, the model output and the
+of a few tiles; the model runs on CUDA when present. The feature window, the model output and the
 smoothing are evaluation's (``evaluation`` in the project config), so the maps are those the
 evaluation scores.
 """
@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from assets.imagery import coregistered_stack
 from assets.model import matter_pretrained
-from assets.partitions import CONFIG, REGION_WINDOWS, region_window
+from assets.partitions import CONFIG, REGION_TIMES, region_time
 from assets.previews import figure_png, png_metadata
 from assets.resources import DataStore
 from matter_model.atomic_io import atomic_directory
@@ -176,7 +176,7 @@ def write_change_maps(
 
 
 @dg.asset(
-    partitions_def=REGION_WINDOWS,
+    partitions_def=REGION_TIMES,
     group_name=GROUP,
     deps=[coregistered_stack, matter_pretrained],
     kinds={"pytorch", "zarr"},
@@ -185,13 +185,13 @@ def material_embeddings(
     context: dg.AssetExecutionContext, config: EmbeddingConfig, store: DataStore
 ) -> dg.MaterializeResult:
     """The pretrained model's dense per-pixel features of every date of the stack (float16 zarr
-    on the stack's grid): evaluation's model output and window, run tile by tile."""
-    part = region_window(context)
+    on the stack's grid): evaluation's model output and feature window, run tile by tile."""
+    part = region_time(context)
     device = default_device()
     model, model_config = load_model(store.model_dir / "checkpoint.pt", device)
-    stack = open_stack(store.stack(part.region, part.window))
+    stack = open_stack(store.stack(part.region, part.time))
     path = write_embeddings(
-        stack, model, model_config, store.embeddings(part.region, part.window), config, device
+        stack, model, model_config, store.embeddings(part.region, part.time), config, device
     )
     written = xr.open_zarr(path, consolidated=False, zarr_format=3)
     nbytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -212,7 +212,7 @@ def material_embeddings(
 
 
 @dg.asset(
-    partitions_def=REGION_WINDOWS,
+    partitions_def=REGION_TIMES,
     group_name=GROUP,
     deps=[coregistered_stack, material_embeddings],
     kinds={"cog"},
@@ -222,12 +222,12 @@ def change_maps(
 ) -> dg.MaterializeResult:
     """Change between each pair of consecutive dates: the features' distance, smoothed as in
     evaluation, and its mask (Otsu's threshold per pair, or the configured one), as COGs."""
-    part = region_window(context)
-    stack = open_stack(store.stack(part.region, part.window))
+    part = region_time(context)
+    stack = open_stack(store.stack(part.region, part.time))
     embeddings = xr.open_zarr(
-        store.embeddings(part.region, part.window), consolidated=False, zarr_format=3
+        store.embeddings(part.region, part.time), consolidated=False, zarr_format=3
     )
-    folder = store.change_maps(part.region, part.window)
+    folder = store.change_maps(part.region, part.time)
     pairs = write_change_maps(stack, embeddings, folder, config)
     if not pairs:
         context.log.warning(f"{part.key} has one date only: no change map")

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from assets.partitions import CONFIG, REGION_WINDOWS
+from assets.partitions import CONFIG, REGION_TIMES
 
 DATASET_ASSETS = ["stac_items", "coregistered_stack", "change_screen", "patch_triplets"]
 MODEL_ASSETS = ["matter_pretrained", "change_detection_eval"]
@@ -13,14 +13,14 @@ INFERENCE_ASSETS = ["material_embeddings", "change_maps"]
 matter_chain = dg.define_asset_job(
     "matter_chain",
     selection=DATASET_ASSETS + MODEL_ASSETS + INFERENCE_ASSETS,
-    description="The whole chain: one region x window partition of the dataset, then "
+    description="The whole chain: one region x time partition of the dataset, then "
     "pretraining on every materialised partition and the change-detection evaluation, then "
     "the partition's embeddings and change maps.",
 )
 patch_dataset = dg.define_asset_job(
     "patch_dataset",
     selection=DATASET_ASSETS,
-    description="STAC search to anchor / positive / negative patches, per region x window.",
+    description="STAC search to anchor / positive / negative patches, per region x time partition.",
 )
 pretrain_and_evaluate = dg.define_asset_job(
     "pretrain_and_evaluate",
@@ -35,11 +35,11 @@ pretrain_and_evaluate = dg.define_asset_job(
     description="Dataset refresh: the newest complete time window of every region.",
 )
 def dataset_refresh(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
-    window = REGION_WINDOWS.get_partitions_def_for_dimension("window")
-    keys = window.get_partition_keys(current_time=context.scheduled_execution_time)
+    times = REGION_TIMES.get_partitions_def_for_dimension("time")
+    keys = times.get_partition_keys(current_time=context.scheduled_execution_time)
     if not keys:
         return
     latest = keys[-1]
     for region in CONFIG.regions:
-        key = dg.MultiPartitionKey({"region": region.name, "window": latest})
+        key = dg.MultiPartitionKey({"region": region.name, "time": latest})
         yield dg.RunRequest(run_key=f"{key}", partition_key=key)

@@ -1,4 +1,8 @@
-"""Partitions of the per-region assets: region x time window, both from the configuration."""
+"""Partitions of the per-region assets: region x time, both from the configuration.
+
+The time dimension is Dagster's time-window partitioning (config ``time_windows``); in this
+project's code it is called ``time``, so that "window" always means a square of pixels.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from assets.config import ProjectConfig, load_config
 
 
 def time_windows(config: ProjectConfig) -> dg.TimeWindowPartitionsDefinition:
-    """Windows of ``months`` months from ``start`` (to ``end``, or to today when absent)."""
+    """Dagster time windows of ``months`` months from ``start`` (to ``end``, or to today)."""
     tw = config.time_windows
     months = tw.months  # a divisor of 12, checked with the configuration
     return dg.TimeWindowPartitionsDefinition(
@@ -23,44 +27,47 @@ def time_windows(config: ProjectConfig) -> dg.TimeWindowPartitionsDefinition:
 
 
 def region_partitions(config: ProjectConfig) -> dg.MultiPartitionsDefinition:
-    """Every region crossed with every time window."""
+    """Every region crossed with every time span: dimensions "region" and "time".
+
+    Dagster orders a multi-partition's dimensions by name, so a key string is
+    ``<region>|<time start>`` (such as ``lombardy|2024-04-01``)."""
     return dg.MultiPartitionsDefinition(
         {
             "region": dg.StaticPartitionsDefinition([r.name for r in config.regions]),
-            "window": time_windows(config),
+            "time": time_windows(config),
         }
     )
 
 
 CONFIG = load_config()
-REGION_WINDOWS = region_partitions(CONFIG)
+REGION_TIMES = region_partitions(CONFIG)
 
 
 @dataclass(frozen=True)
-class RegionWindow:
-    """One partition: a region and the [start, end) of its time window."""
+class RegionTime:
+    """One partition: a region and its time span, ``time`` its start key, [start, end)."""
 
     region: str
-    window: str
+    time: str
     start: datetime
     end: datetime
 
     @property
     def key(self) -> str:
-        return f"{self.region}|{self.window}"
+        return f"{self.region}|{self.time}"
 
     @property
     def shard_id(self) -> str:
         """The partition's shard in the patch store."""
-        return f"{self.region}__{self.window}"
+        return f"{self.region}__{self.time}"
 
 
-def region_window(
+def region_time(
     context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext,
-) -> RegionWindow:
+) -> RegionTime:
     """The partition an asset (or asset check) run is for."""
-    key = REGION_WINDOWS.get_partition_key_from_str(context.partition_key)
+    key = REGION_TIMES.get_partition_key_from_str(context.partition_key)
     dims = key.keys_by_dimension
-    window = REGION_WINDOWS.get_partitions_def_for_dimension("window")
-    span = window.time_window_for_partition_key(dims["window"])
-    return RegionWindow(dims["region"], dims["window"], span.start, span.end)
+    times = REGION_TIMES.get_partitions_def_for_dimension("time")
+    span = times.time_window_for_partition_key(dims["time"])
+    return RegionTime(dims["region"], dims["time"], span.start, span.end)

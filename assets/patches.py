@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from assets.model import product_level_of
-from assets.partitions import CONFIG, REGION_WINDOWS, RegionWindow, region_window
+from assets.partitions import CONFIG, REGION_TIMES, RegionTime, region_time
 from assets.previews import figure_png, png_metadata
 from assets.resources import DataStore
 from matter_model.atomic_io import atomic_write_text
@@ -25,14 +25,14 @@ GROUP = "patches"
 
 
 @dg.asset(
-    partitions_def=REGION_WINDOWS, group_name=GROUP, deps=["coregistered_stack"], kinds={"pandas"}
+    partitions_def=REGION_TIMES, group_name=GROUP, deps=["coregistered_stack"], kinds={"pandas"}
 )
 def change_screen(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
     """The windows of the partition that stayed unchanged between every pair of its dates."""
-    part = region_window(context)
-    stack = open_stack(store.stack(part.region, part.window)).load()
+    part = region_time(context)
+    stack = open_stack(store.stack(part.region, part.time)).load()
     table = screen_windows(stack, **CONFIG.screen.model_dump())
-    path = store.screen(part.region, part.window)
+    path = store.screen(part.region, part.time)
     atomic_write_text(path, table.to_csv(index=False))
     rows, cols = int(table["row"].max()) + 1, int(table["col"].max()) + 1
     kept = table["unchanged"].to_numpy().reshape(rows, cols)
@@ -61,10 +61,11 @@ def change_screen(context: dg.AssetExecutionContext, store: DataStore) -> dg.Mat
 
 
 def negative_pool(
-    store: DataStore, part: RegionWindow, negatives: str, bands: list[str]
+    store: DataStore, part: RegionTime, negatives: str, bands: list[str]
 ) -> NegativePool | None:
     """Where negatives come from (config ``tiling.negatives``): ``same_scene`` (None), or
-    ``other_region``: the unchanged windows of the next region of the config, same time window."""
+    ``other_region``: the unchanged windows of the next region of the config, same time
+    partition."""
     if negatives == "same_scene":
         return None
     if negatives != "other_region":
@@ -79,13 +80,13 @@ def negative_pool(
             f"it lists {names}"
         )
     other = names[(names.index(part.region) + 1) % len(names)]
-    screen_path = store.screen(other, part.window)
+    screen_path = store.screen(other, part.time)
     if not screen_path.exists():
         raise ValueError(
-            f"negatives come from region {other!r}, whose change screen for {part.window} is "
-            f"missing: materialise `change_screen` for partition {other}|{part.window} first"
+            f"negatives come from region {other!r}, whose change screen for {part.time} is "
+            f"missing: materialise `change_screen` for partition {other}|{part.time} first"
         )
-    stack = open_stack(store.stack(other, part.window))  # StackSource reads only `bands`
+    stack = open_stack(store.stack(other, part.time))  # StackSource reads only `bands`
     return NegativePool(StackSource(stack, bands), pd.read_csv(screen_path))
 
 
@@ -101,10 +102,10 @@ class TilingInputs:
     negative_pool: NegativePool | None
 
 
-def tiling_inputs(store: DataStore, part: RegionWindow) -> TilingInputs:
+def tiling_inputs(store: DataStore, part: RegionTime) -> TilingInputs:
     """The :class:`TilingInputs` of a partition, from the configuration's ``tiling`` section."""
-    stack = open_stack(store.stack(part.region, part.window))  # StackSource reads only `bands`
-    screen = pd.read_csv(store.screen(part.region, part.window))
+    stack = open_stack(store.stack(part.region, part.time))  # StackSource reads only `bands`
+    screen = pd.read_csv(store.screen(part.region, part.time))
     settings = CONFIG.tiling.model_dump()
     negatives = settings.pop("negatives")
     bands = list(settings.pop("bands"))
@@ -112,17 +113,15 @@ def tiling_inputs(store: DataStore, part: RegionWindow) -> TilingInputs:
     return TilingInputs(StackSource(stack, bands), screen, bands, TilingSettings(**settings), pool)
 
 
-def record_manifests(store: DataStore, part: RegionWindow, shards: list[Path]) -> dict:
+def record_manifests(store: DataStore, part: RegionTime, shards: list[Path]) -> dict:
     """Write the triplet manifest of each of the partition's ``shards`` and record it in the
     store's provenance; return the provenance as the store now holds it."""
     provenance: dict = {}
     for shard in shards:
         patches = pd.read_csv(shard / "patches.csv")
         regions = {part.region, *patches["negative_region"].dropna().astype(str)}
-        screens = {r: pd.read_csv(store.screen(r, part.window)) for r in regions}
-        items = {
-            r: json.loads(store.items(r, part.window).read_text())["features"] for r in regions
-        }
+        screens = {r: pd.read_csv(store.screen(r, part.time)) for r in regions}
+        items = {r: json.loads(store.items(r, part.time).read_text())["features"] for r in regions}
         manifest = triplet_manifest(patches, shard.name, screens, items)
         digest = write_manifest(manifest_path(store.patch_store, shard.name), manifest)
         behind = {i for role in ROLES for ids in manifest[f"{role}_items"] for i in ids}
@@ -137,7 +136,7 @@ def record_manifests(store: DataStore, part: RegionWindow, shards: list[Path]) -
     return provenance
 
 
-@dg.asset(partitions_def=REGION_WINDOWS, group_name=GROUP, deps=[change_screen], kinds={"zarr"})
+@dg.asset(partitions_def=REGION_TIMES, group_name=GROUP, deps=[change_screen], kinds={"zarr"})
 def patch_triplets(context: dg.AssetExecutionContext, store: DataStore) -> dg.MaterializeResult:
     """Anchor / positive / negative crops of the unchanged windows, one shard per partition.
 
@@ -145,7 +144,7 @@ def patch_triplets(context: dg.AssetExecutionContext, store: DataStore) -> dg.Ma
     change scores per triplet) and the store's ``provenance.json`` a digest over every shard's
     manifest, which the exported model card cites.
     """
-    part = region_window(context)
+    part = region_time(context)
     inputs = tiling_inputs(store, part)
     bands = inputs.bands
     shard_id = part.shard_id

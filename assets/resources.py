@@ -32,24 +32,24 @@ class DataStore(dg.ConfigurableResource):
             )
         return path
 
-    def items(self, region: str, window: str) -> Path:
-        return self.path("items", region, f"{window}.json")
+    def items(self, region: str, time: str) -> Path:
+        return self.path("items", region, f"{time}.json")
 
-    def items_snapshot(self, region: str, window: str) -> Path:
+    def items_snapshot(self, region: str, time: str) -> Path:
         """The partition's items as STAC-GeoParquet: what a replay reads instead of searching."""
-        return self.path("items", region, f"{window}.parquet")
+        return self.path("items", region, f"{time}.parquet")
 
-    def stack(self, region: str, window: str) -> Path:
-        return self.path("stacks", region, f"{window}.zarr")
+    def stack(self, region: str, time: str) -> Path:
+        return self.path("stacks", region, f"{time}.zarr")
 
-    def screen(self, region: str, window: str) -> Path:
-        return self.path("screens", region, f"{window}.csv")
+    def screen(self, region: str, time: str) -> Path:
+        return self.path("screens", region, f"{time}.csv")
 
-    def embeddings(self, region: str, window: str) -> Path:
-        return self.path("embeddings", region, f"{window}.zarr")
+    def embeddings(self, region: str, time: str) -> Path:
+        return self.path("embeddings", region, f"{time}.zarr")
 
-    def change_maps(self, region: str, window: str) -> Path:
-        return self.path("change_maps", region, window)
+    def change_maps(self, region: str, time: str) -> Path:
+        return self.path("change_maps", region, time)
 
     @property
     def patch_store(self) -> Path:

@@ -1,12 +1,13 @@
 """Sensor: poll the STAC API for new Sentinel-2 scenes and request runs for their partitions.
 
-Each tick searches every configured region over the latest complete time windows (``sensor:
-lookback_windows``, so that scenes published late are still seen) and requests a `patch_dataset`
-run for each region x window partition whose set of items changed since the last tick. The cursor
-keeps, per partition, the number of items and a digest of their ids: a bounded record however
-long the archive grows, and an item already processed never requests a run again. A region whose
-search fails (API unreachable, server error after the retries) is logged and left out of the
-tick; its cursor entries are kept, so the next tick tries it again and misses nothing.
+Each tick searches every configured region over the latest complete time spans (``sensor:
+lookback_windows`` of them, so that scenes published late are still seen) and requests a
+`patch_dataset` run for each region x time partition whose set of items changed since the last
+tick. The cursor keeps, per partition, the number of items and a digest of their ids: a bounded
+record however long the archive grows, and an item already processed never requests a run
+again. A region whose search fails (API unreachable, server error after the retries) is logged
+and left out of the tick; its cursor entries are kept, so the next tick tries it again and misses
+nothing.
 """
 
 import hashlib
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from assets.jobs import patch_dataset
-from assets.partitions import CONFIG, REGION_WINDOWS
+from assets.partitions import CONFIG, REGION_TIMES
 from assets.resources import StacApi
 from pipelines.stac import EmptySearchError, StacSearchError, search_items
 
@@ -30,17 +31,17 @@ def items_digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
 
 
-def complete_windows(now: datetime) -> list[str]:
-    """The latest ``lookback_windows`` complete time windows at ``now``, oldest first."""
-    windows = REGION_WINDOWS.get_partitions_def_for_dimension("window")
-    keys = windows.get_partition_keys(current_time=now)
+def complete_times(now: datetime) -> list[str]:
+    """Keys of the latest ``lookback_windows`` complete time spans at ``now``, oldest first."""
+    times = REGION_TIMES.get_partitions_def_for_dimension("time")
+    keys = times.get_partition_keys(current_time=now)
     return keys[-CONFIG.sensor.lookback_windows :]
 
 
-def items_by_window(items: list[dict], windows: list[str]) -> dict[str, list[str]]:
-    """Item ids grouped by the time window (partition key) their acquisition falls in."""
-    partitions = REGION_WINDOWS.get_partitions_def_for_dimension("window")
-    spans = {key: partitions.time_window_for_partition_key(key) for key in windows}
+def items_by_time(items: list[dict], times: list[str]) -> dict[str, list[str]]:
+    """Item ids grouped by the time span (its partition key) their acquisition falls in."""
+    partitions = REGION_TIMES.get_partitions_def_for_dimension("time")
+    spans = {key: partitions.time_window_for_partition_key(key) for key in times}
     grouped: dict[str, list[str]] = defaultdict(list)
     for item in items:
         acquired = datetime.fromisoformat(item["properties"]["datetime"].replace("Z", "+00:00"))
@@ -60,12 +61,12 @@ def new_scenes(context: dg.SensorEvaluationContext, stac: StacApi) -> dg.SensorR
     if stac.replay:
         return dg.SensorResult(skip_reason="stac.replay is on: no STAC API is polled")
     seen: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
-    windows = complete_windows(datetime.now(tz=UTC))
-    if not windows:
-        return dg.SensorResult(skip_reason="no complete time window yet")
-    spans = REGION_WINDOWS.get_partitions_def_for_dimension("window")
-    start = spans.time_window_for_partition_key(windows[0]).start
-    end = spans.time_window_for_partition_key(windows[-1]).end
+    times = complete_times(datetime.now(tz=UTC))
+    if not times:
+        return dg.SensorResult(skip_reason="no complete time span yet")
+    spans = REGION_TIMES.get_partitions_def_for_dimension("time")
+    start = spans.time_window_for_partition_key(times[0]).start
+    end = spans.time_window_for_partition_key(times[-1]).end
     run_requests, failed = [], []
     for region in CONFIG.regions:
         request = stac.request(region, start, end, max_retries=SENSOR_RETRIES)
@@ -77,8 +78,8 @@ def new_scenes(context: dg.SensorEvaluationContext, stac: StacApi) -> dg.SensorR
             context.log.warning(f"region {region.name}: {err} The next tick tries again.")
             failed.append(region.name)
             continue
-        for window, ids in items_by_window(items, windows).items():
-            key = dg.MultiPartitionKey({"region": region.name, "window": window})
+        for time, ids in items_by_time(items, times).items():
+            key = dg.MultiPartitionKey({"region": region.name, "time": time})
             digest = items_digest(ids)
             if seen.get(str(key), {}).get("digest") == digest:
                 continue

@@ -254,11 +254,12 @@ class PlantedChange:
 def plan_changes(
     rng: np.random.Generator, base: np.ndarray, window: tuple[int, int, int, int], n_dates: int
 ) -> list[PlantedChange]:
-    """3-4 non-overlapping changes inside the region, each where its source material dominates.
+    """3-4 non-overlapping changes inside the region (``window``, its pixel bounds), each where
+    its source material dominates.
 
-    Changes start on odd date indices (1, 3, ...), alternately: with two dates per time window
-    (quarter), every window then holds a change between its own dates, and pairs that straddle
-    two windows (dates 1 and 2, ...) never differ.
+    Changes start on odd date indices (1, 3, ...), alternately: with two dates per time
+    partition (quarter), every partition then holds a change between its own dates, and pairs
+    that straddle two partitions (dates 1 and 2, ...) never differ.
     """
     wr0, wc0, wr1, wc1 = window
     region_side = min(wr1 - wr0, wc1 - wc0)

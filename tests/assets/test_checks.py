@@ -15,7 +15,7 @@ import zarr
 from assets import checks, imagery, patches
 from assets.checks import JUDGES, bad_patches, residual_shifts
 from assets.dask_resource import DaskCluster
-from assets.partitions import CONFIG, RegionWindow
+from assets.partitions import CONFIG, RegionTime
 from assets.resources import DataStore, StacApi
 from matter_model.patch_store import ROLES, read_info, read_shard, write_shard
 from tests.pipelines.stacks import synthetic_stack
@@ -65,7 +65,7 @@ def test_every_check_passes_on_the_demo_world_and_catches_a_tampered_shard(
     arrays["negative"][0] = 0.5
     table = pd.read_csv(store / "shards" / shard_id / "patches.csv").iloc[:-1]
     write_shard(store, shard_id, read_info(store), **arrays, patches=table)
-    part = RegionWindow("lombardy", "2024-07-01", datetime(2024, 7, 1), datetime(2024, 10, 1))
+    part = RegionTime("lombardy", "2024-07-01", datetime(2024, 7, 1), datetime(2024, 10, 1))
     data = DataStore(root=str(tmp_path))
     count = JUDGES["patch_count_matches_windows"](data, part)
     assert not count.passed

@@ -39,7 +39,7 @@ def _materialize_stack(tmp: Path, dask_section: dict) -> tuple[str, Path]:
         for it in json.loads((world / "items.json").read_text())["features"]
         if it["id"] in set(ids) and start <= item_date(it) < end
     ]
-    assert items, "the tiny world has no scene in the partition's window"
+    assert items, "the tiny world has no scene in the partition's time span"
     path = tmp / "data" / "items" / region / f"{start}.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"type": "FeatureCollection", "features": items}))

@@ -69,14 +69,14 @@ def tree_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def dataset_digests(data: Path, region: str, window: str) -> dict[str, str]:
+def dataset_digests(data: Path, region: str, time: str) -> dict[str, str]:
     """The digests of everything `patch_dataset` writes for one partition."""
-    shard = f"{region}__{window}"
+    shard = f"{region}__{time}"
     paths = {
-        "items": data / "items" / region / f"{window}.json",
-        "snapshot": data / "items" / region / f"{window}.parquet",
-        "stack": data / "stacks" / region / f"{window}.zarr",
-        "screen": data / "screens" / region / f"{window}.csv",
+        "items": data / "items" / region / f"{time}.json",
+        "snapshot": data / "items" / region / f"{time}.parquet",
+        "stack": data / "stacks" / region / f"{time}.zarr",
+        "screen": data / "screens" / region / f"{time}.csv",
         "shard": data / "patches" / "shards" / shard,
         "manifest": data / "patches" / "manifests" / f"{shard}.parquet",
     }
@@ -98,17 +98,17 @@ def patch_dataset(tmp: Path, config: Path, partition: str) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # two runs of the dataset job, each a few minutes on a busy machine
 def test_a_replay_rebuilds_the_partition_identically_without_the_api(tmp_path: Path) -> None:
-    region, window = "beauce", "2024-04-01"
+    region, time = "beauce", "2024-04-01"
     # The tiny world's 3 x 3 windows leave no negative 64 px away: 32 px keeps a few triplets.
     tiling = {"min_negative_distance_px": 32}
-    patch_dataset(tmp_path, tiny_config(tmp_path, tiling=tiling), f"{region}|{window}")
-    first = dataset_digests(tmp_path / "data", region, window)
-    triplets = tmp_path / "data" / "patches" / "shards" / f"{region}__{window}" / "patches.csv"
+    patch_dataset(tmp_path, tiny_config(tmp_path, tiling=tiling), f"{region}|{time}")
+    first = dataset_digests(tmp_path / "data", region, time)
+    triplets = tmp_path / "data" / "patches" / "shards" / f"{region}__{time}" / "patches.csv"
     assert len(triplets.read_text().splitlines()) > 1  # a shard with triplets to compare
 
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens: a search would fail
     replay = tiny_config(tmp_path, tiling=tiling, stac={"replay": True, "endpoint": closed})
-    log = patch_dataset(tmp_path, replay, f"{region}|{window}")
+    log = patch_dataset(tmp_path, replay, f"{region}|{time}")
     assert "stac.replay: reading the items" in log and "rustac serve) at" not in log
     assert not rustac_servers(tmp_path)
-    assert dataset_digests(tmp_path / "data", region, window) == first
+    assert dataset_digests(tmp_path / "data", region, time) == first

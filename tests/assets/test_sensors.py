@@ -14,7 +14,7 @@ from assets.sensors import items_digest, new_scenes
 from pipelines.stac import StacServer
 from pipelines.stac.server import free_port
 
-LATE_ITEM = "S2A_32TNR_20240823_0_L2A"  # lombardy, window 2024-07-01
+LATE_ITEM = "S2A_32TNR_20240823_0_L2A"  # partition lombardy|2024-07-01
 
 
 def _serve(world: Path, tmp: Path, leave_out: tuple[str, ...] = ()) -> StacServer:

@@ -78,11 +78,11 @@ def _run(tmp: Path, config: Path, key: str) -> subprocess.CompletedProcess:
 
 
 def _outputs_of(data: Path, key: str) -> dict[str, str]:
-    region, window = key.split("|")
+    region, time = key.split("|")
     return {
         path: digest
         for path, digest in digests(data).items()
-        if f"{region}/{window}" in path or f"{region}__{window}" in path
+        if f"{region}/{time}" in path or f"{region}__{time}" in path
     }
 
 
@@ -95,8 +95,8 @@ def _naming_line(output: str, names: tuple[str, ...]) -> str:
 def _stack_dates(data: Path) -> dict[str, float]:
     from pipelines.stack_store import open_stack
 
-    region, window = BROKEN.split("|")
-    stack = open_stack(data / "stacks" / region / f"{window}.zarr")
+    region, time = BROKEN.split("|")
+    stack = open_stack(data / "stacks" / region / f"{time}.zarr")
     ids, fractions = stack["item_ids"].values.tolist(), stack["valid_fraction"].values.tolist()
     return dict(zip(ids, fractions, strict=True))
 

@@ -77,7 +77,7 @@ def _request(url: str, **changes) -> SearchRequest:
     return SearchRequest(**{**base, **changes})
 
 
-def test_search_filters_by_window_and_cloud_cover_on_the_client(server: StacServer) -> None:
+def test_search_filters_by_time_and_cloud_cover_on_the_client(server: StacServer) -> None:
     # rustac serve has no filter extension: the cloud limit must be applied client-side.
     assert [it["id"] for it in search_items(_request(server.url))] == ["a", "c"]
 
