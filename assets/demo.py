@@ -21,24 +21,36 @@ from assets.partitions import REGION_TIMES
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
+def run_assets(
+    job: dg.JobDefinition, instance: dg.DagsterInstance, assets: list[str], key: str | None = None
+) -> dg.ExecuteInProcessResult:
+    """One run of ``assets`` (of partition ``key``, or unpartitioned), its outcome printed."""
+    started = time.monotonic()
+    result = job.execute_in_process(
+        instance=instance,
+        partition_key=key,
+        asset_selection=[dg.AssetKey(a) for a in assets],
+        run_config=RUN_CONFIG,
+        raise_on_error=False,
+    )
+    print(
+        f"{f'partition {key}' if key else 'unpartitioned'} ({', '.join(assets)}): "
+        f"{'ok' if result.success else 'FAILED'} ({time.monotonic() - started:.1f} s)",
+        flush=True,
+    )
+    return result
+
+
 def run_partitions(
-    job: dg.JobDefinition, instance: dg.DagsterInstance, assets: list[str]
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    assets: list[str],
+    keys: list[str] | None = None,
 ) -> dg.ExecuteInProcessResult | None:
-    """``assets`` for every partition in turn; the first failed run, or None when all succeed."""
-    for key in REGION_TIMES.get_partition_keys():
-        started = time.monotonic()
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key=key,
-            asset_selection=[dg.AssetKey(a) for a in assets],
-            run_config=RUN_CONFIG,
-            raise_on_error=False,
-        )
-        print(
-            f"partition {key} ({', '.join(assets)}): {'ok' if result.success else 'FAILED'} "
-            f"({time.monotonic() - started:.1f} s)",
-            flush=True,
-        )
+    """``assets`` for each of ``keys`` (every partition by default) in turn; the first failed
+    run, or None when all succeed."""
+    for key in REGION_TIMES.get_partition_keys() if keys is None else keys:
+        result = run_assets(job, instance, assets, key)
         if not result.success:
             return result
     return None
@@ -52,12 +64,7 @@ def run_chain(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     failed = run_partitions(job, instance, DATASET_ASSETS)
     if failed is not None:
         return failed
-    result = job.execute_in_process(
-        instance=instance,
-        asset_selection=[dg.AssetKey(a) for a in MODEL_ASSETS],
-        run_config=RUN_CONFIG,
-        raise_on_error=False,
-    )
+    result = run_assets(job, instance, MODEL_ASSETS)
     if not result.success:
         return result
     return run_partitions(job, instance, INFERENCE_ASSETS) or result

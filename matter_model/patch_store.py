@@ -136,13 +136,13 @@ class Encoding:
             )
         stored = np.empty(values.shape, dtype=self.dtype)
         # A patch at a time: the float64 arithmetic stays in cache, and memory is one patch's.
-        for flat_in, flat_out in zip(_rows(values), _rows(stored), strict=True):
-            exact = flat_in.astype(np.float64)
+        for given, kept in zip(_rows(values), _rows(stored), strict=True):
+            exact = given.astype(np.float64)
             exact -= self.offset
             exact /= self.scale
             if self.saturate:
                 np.clip(exact, *self._integer_range(), out=exact)
-            flat_out[...] = np.rint(exact, out=exact)
+            kept[...] = np.rint(exact, out=exact)
         return stored
 
     def decode(self, stored: np.ndarray) -> np.ndarray:

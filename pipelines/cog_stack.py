@@ -99,12 +99,12 @@ def scaled_into(
 ) -> None:
     """Fill ``out`` (float32, h x w) with ``native * scale + offset`` over grid pixels
     ``[y, y + h) x [x, x + w)``, native pixels repeated k x k. Scaling happens at native
-    resolution; where the window falls on whole native pixels the repeat is a broadcast."""
+    resolution, on k x k fewer pixels than the crop holds."""
     part = _native_part(native, k, y, x, *out.shape)
     scaled = part.astype(np.float32)
     scaled *= np.float32(scale)
     scaled += np.float32(offset)
-    _repeat_into(out, scaled, k, y % k, x % k)
+    out[...] = upsampled(scaled, k, y % k, x % k, *out.shape)
 
 
 def stored_into(out: np.ndarray, native: np.ndarray, k: int, y: int, x: int, shift: int) -> None:
@@ -121,17 +121,12 @@ def stored_into(out: np.ndarray, native: np.ndarray, k: int, y: int, x: int, shi
                 f"{wide.max()}], beyond the {out.dtype} that the patch store keeps"
             )
         part = wide
-    _repeat_into(out, part, k, y % k, x % k)
+    out[...] = upsampled(part, k, y % k, x % k, *out.shape)
 
 
 def _native_part(native: np.ndarray, k: int, y: int, x: int, h: int, w: int) -> np.ndarray:
     """The native pixels under grid pixels ``[y, y + h) x [x, x + w)``."""
     return native[y // k : -(-(y + h) // k), x // k : -(-(x + w) // k)]
-
-
-def _repeat_into(out: np.ndarray, part: np.ndarray, k: int, dy: int, dx: int) -> None:
-    """``part``'s pixels repeated k x k into ``out``, from (dy, dx) inside the first."""
-    out[...] = upsampled(part, k, dy, dx, *out.shape)
 
 
 @dataclass(frozen=True)

@@ -89,12 +89,24 @@ def stop_orphan_servers(serving: Path, grace_s: float = 5) -> int:
 
 def _servers(serving: Path) -> list[int]:
     """The pids of the `rustac serve` processes serving files under ``serving``."""
-    out = subprocess.run(["ps", "-eww", "-o", "pid=,args="], capture_output=True, text=True)
     return [
-        int(line.split(None, 1)[0])
-        for line in out.stdout.splitlines()
-        if "rustac serve" in line and str(serving) in line
+        pid
+        for pid, _, command in _processes()
+        if "rustac serve" in command and str(serving) in command
     ]
+
+
+def _processes() -> list[tuple[int, int, str]]:
+    """(pid, process group, command line) of every live process; zombies left out."""
+    out = subprocess.run(
+        ["ps", "-eww", "-o", "pid=,pgid=,stat=,args="], capture_output=True, text=True
+    ).stdout
+    found = []
+    for line in out.splitlines():
+        pid, pgid, stat, *args = line.split(None, 3)
+        if not stat.startswith("Z"):
+            found.append((int(pid), int(pgid), args[0] if args else ""))
+    return found
 
 
 def survivors(group: int, tmp: Path, timeout_s: float = 5) -> list[str]:
@@ -102,18 +114,11 @@ def survivors(group: int, tmp: Path, timeout_s: float = 5) -> list[str]:
     and any training or `rustac serve` working on files under ``tmp`` (zombies not counted)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        out = subprocess.run(
-            ["ps", "-eww", "-o", "pid=,pgid=,stat=,args="], capture_output=True, text=True
-        ).stdout
-        found = []
-        for line in out.splitlines():
-            pid, pgid, stat, *args = line.split(None, 3)
-            command = args[0] if args else ""
-            if stat.startswith("Z"):
-                continue
-            ours = str(tmp) in command and any(m in command for m in ORPHAN_MARKERS)
-            if int(pgid) == group or ours:
-                found.append(f"{pid} {command[:160]}")
+        found = [
+            f"{pid} {command[:160]}"
+            for pid, pgid, command in _processes()
+            if pgid == group or (str(tmp) in command and any(m in command for m in ORPHAN_MARKERS))
+        ]
         if not found or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
