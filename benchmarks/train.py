@@ -1,14 +1,20 @@
-"""Training throughput of the full MATTER model at the demo configuration, and the loader alone.
+"""Training throughput of the full MATTER model at one or more configs, and the loader alone.
 
-A synthetic patch store (random 9-band 32 px triplets, written with
-``matter_model.patch_store.write_shard``) in a temporary directory feeds:
+A patch store feeds, for each ``--config`` (a name in ``matter_model/configs``, ``demo`` by
+default):
 
-* ``train()`` with ``configs/demo.yaml`` on CPU: samples (triplets) per second over the steps
-  after ``--warmup`` steps, timed from the loop's own per-step log lines;
+* ``train()`` with that config on ``--device``: samples (triplets) per second over the steps
+  after ``--warmup`` steps, timed from the loop's own per-step log lines (each waits for the
+  step's loss, so on CUDA the times are the device's); bf16 autocast on CUDA when the config's
+  ``amp`` is true, as training runs;
 * the DataLoader alone, built as training builds it (same sampler, batch size and workers):
   triplets per second, and patches per second (3 patches, anchor / positive / negative, each).
 
-Prints a table and writes ``benchmarks/results/train.json``.
+The store is ``--patch-store`` (a real one, for instance the OSCD store of ``make
+oscd-pretrain``), else a synthetic one (random 9-band 32 px triplets, written with
+``matter_model.patch_store.write_shard``) in a temporary directory.
+
+Prints a table and writes ``benchmarks/results/train.json`` (``train-cuda.json`` on CUDA).
 """
 
 from __future__ import annotations
@@ -83,38 +89,23 @@ def loader_throughput(config: dict, batches: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30, help="training steps timed")
-    parser.add_argument("--warmup", type=int, default=5, help="training steps not timed")
-    parser.add_argument("--batches", type=int, default=100, help="loader batches timed")
-    parser.add_argument("--triplets", type=int, default=512)
-    args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        base = load_config(CONFIG_DIR / "demo.yaml")
-        store = synthetic_store(
-            Path(tmp) / "store", args.triplets, base["bands"], base["crop_size"]
-        )
-        config = load_config(
-            CONFIG_DIR / "demo.yaml",
-            patch_store=str(store),
-            out=str(Path(tmp) / "run"),
-            device="cpu",
-            steps=args.warmup + args.steps,
-            log_every=1,
-            checkpoint_every=10**9,
-        )
-        samples = train_throughput(config, args.warmup)
-        triplets = loader_throughput(config, args.batches)
-
-    report = {
-        "benchmark": "MATTER training at configs/demo.yaml on CPU",
-        "device": "cpu",
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+def measure_config(name: str, args: argparse.Namespace, store: Path, tmp: Path) -> dict:
+    """Training's samples/s and the loader's triplets/s of configs/``name``.yaml."""
+    config = load_config(
+        CONFIG_DIR / f"{name}.yaml",
+        patch_store=str(store),
+        out=str(tmp / f"run-{name}"),
+        device=args.device,
+        steps=args.warmup + args.steps,
+        log_every=1,
+        checkpoint_every=10**9,
+    )
+    samples = train_throughput(config, args.warmup)
+    triplets = loader_throughput(config, args.batches)
+    return {
         "batch_size": config["batch_size"],
         "num_workers": config["num_workers"],
+        "amp_bf16": bool(config["amp"]) and args.device.startswith("cuda"),
         "model": config["model"],
         "timed_steps": args.steps,
         "train_samples_per_s": round(samples, 2),
@@ -122,13 +113,49 @@ def main() -> None:
         "loader_patches_per_s": round(3 * triplets, 1),
         "loader_over_train": round(triplets / samples, 1),
     }
-    print(f"training, demo config, CPU ({torch.get_num_threads()} threads)")
-    print(f"  train     {samples:10.1f} samples/s (triplets; batch {config['batch_size']})")
-    print(
-        f"  loader    {triplets:10.1f} triplets/s = {3 * triplets:.1f} patches/s "
-        f"({config['num_workers']} workers), {triplets / samples:.0f}x training's need"
-    )
-    atomic_write_text(RESULTS / "train.json", json.dumps(report, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action="append", help="a config's name (repeatable)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--patch-store", type=Path, help="a real store (default: synthetic)")
+    parser.add_argument("--steps", type=int, default=30, help="training steps timed")
+    parser.add_argument("--warmup", type=int, default=5, help="training steps not timed")
+    parser.add_argument("--batches", type=int, default=100, help="loader batches timed")
+    parser.add_argument("--triplets", type=int, default=512, help="synthetic store's size")
+    args = parser.parse_args()
+    names = args.config or ["demo"]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = args.patch_store
+        if store is None:
+            base = load_config(CONFIG_DIR / "demo.yaml")
+            store = synthetic_store(
+                Path(tmp) / "store", args.triplets, base["bands"], base["crop_size"]
+            )
+        configs = {name: measure_config(name, args, store, Path(tmp)) for name in names}
+
+    device = torch.device(args.device)
+    report = {
+        "benchmark": "MATTER training and its DataLoader",
+        "device": device.type,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "patch_store": "synthetic" if args.patch_store is None else args.patch_store.name,
+        "configs": configs,
+    }
+    print(f"training on {device.type} ({torch.get_num_threads()} threads)")
+    for name, row in configs.items():
+        print(
+            f"  {name:<10} train {row['train_samples_per_s']:9.1f} samples/s "
+            f"(batch {row['batch_size']}, bf16 {row['amp_bf16']}); loader "
+            f"{row['loader_patches_per_s']:.1f} patches/s ({row['num_workers']} workers), "
+            f"{row['loader_over_train']}x training's need"
+        )
+    name = "train.json" if device.type == "cpu" else f"train-{device.type}.json"
+    atomic_write_text(RESULTS / name, json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
