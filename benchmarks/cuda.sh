@@ -30,7 +30,8 @@ TRAIN_SECONDS=${TRAIN_SECONDS:-240}
 TIMED=${TIMED:-default}
 RUN=${RUN:-.demo/oscd/cuda-run}
 mkdir -p "$results"
-export PYTHONUNBUFFERED=1
+# The repository's packages, where the GPU node's Python has not installed the project.
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 
