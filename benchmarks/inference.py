@@ -128,7 +128,7 @@ def build_stack(path: Path, size: int) -> None:
 
 def save_untrained(config_path: Path, out: Path) -> Path:
     """A checkpoint of the config's network with untrained weights (seeded), as training saves
-    one: its inputs are what the config's patch store holds."""
+    one: its normalisation is that of the config's patch store."""
     import torch
 
     from matter_model.checkpoint import build_model, save_checkpoint
@@ -136,9 +136,15 @@ def save_untrained(config_path: Path, out: Path) -> Path:
     from matter_model.train import load_config
 
     config = load_config(config_path)
-    inputs = SCENE_STANDARDISED if "oscd" in str(config.get("patch_store", "")) else REFLECTANCE
+    normalisation = (
+        SCENE_STANDARDISED if "oscd" in str(config.get("patch_store", "")) else REFLECTANCE
+    )
     torch.manual_seed(0)
-    state = {"model": build_model(config).state_dict(), "config": config, "inputs": inputs}
+    state = {
+        "model": build_model(config).state_dict(),
+        "config": config,
+        "normalisation": normalisation,
+    }
     return save_checkpoint(out, state)
 
 
@@ -203,7 +209,7 @@ def run_phase(
         if network == "stand-in":
             model = stand_in(model, config, CONFIG.evaluation.window)
         write_embeddings(stack, model, config, embeddings, EmbeddingConfig(), "cpu")
-        extra = {"inputs": config["inputs"]}
+        extra = {"normalisation": config["normalisation"]}
     else:
         written = xr.open_zarr(embeddings, consolidated=False, zarr_format=3)
         pairs = write_change_maps(stack, written, work / "change_maps", ChangeMapConfig())

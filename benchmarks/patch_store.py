@@ -63,18 +63,23 @@ def real_triplets(cities: list[str], limit: int) -> dict[str, dict[str, np.ndarr
     rng = np.random.default_rng(0)
     for city in cities:
         loaded = oscd.load(city)
-        for values, prepare in ((REFLECTANCE, lambda x: x), (SCENE_STANDARDISED, standardise)):
+        for normalisation, prepare in (
+            (REFLECTANCE, lambda x: x),
+            (SCENE_STANDARDISED, standardise),
+        ):
             first, second = windows(prepare(loaded.image_1)), windows(prepare(loaded.image_2))
             for role, array in zip(
-                sets[values], (first, second, first[rng.permutation(len(first))]), strict=True
+                sets[normalisation],
+                (first, second, first[rng.permutation(len(first))]),
+                strict=True,
             ):
                 role.append(array)
     return {
-        values: {
+        normalisation: {
             role: np.concatenate(parts)[:limit].astype(np.float32)
             for role, parts in zip(ROLES, roles, strict=True)
         }
-        for values, roles in sets.items()
+        for normalisation, roles in sets.items()
     }
 
 
@@ -133,10 +138,12 @@ def measure(info: StoreInfo, triplets: dict[str, np.ndarray]) -> dict:
         }
 
 
-def variants(values: str) -> list[tuple[str, StoreInfo]]:
+def variants(normalisation: str) -> list[tuple[str, StoreInfo]]:
     bands = tuple(f"b{i}" for i in range(9))
-    rows = [("float32", StoreInfo(bands, PATCH, values=values, codec=c)) for c in CODECS]
-    rows += [("integer", StoreInfo.encoded(bands, PATCH, values, codec=c)) for c in CODECS]
+    rows = [
+        ("float32", StoreInfo(bands, PATCH, normalisation=normalisation, codec=c)) for c in CODECS
+    ]
+    rows += [("integer", StoreInfo.encoded(bands, PATCH, normalisation, codec=c)) for c in CODECS]
     return rows
 
 
@@ -152,25 +159,25 @@ def main() -> None:
     data = real_triplets(args.cities, args.triplets)
     runs: dict[tuple[str, str, str], list[dict]] = {}
     for _ in range(args.repeats):
-        for values, triplets in data.items():
-            for encoding, info in variants(values):
-                key = (values, encoding, info.codec)
+        for normalisation, triplets in data.items():
+            for encoding, info in variants(normalisation):
+                key = (normalisation, encoding, info.codec)
                 runs.setdefault(key, []).append(measure(info, triplets))
     rows = []
-    for (values, encoding, codec), measured in runs.items():
-        row = {"values": values, "encoding": encoding, "codec": codec}
+    for (normalisation, encoding, codec), measured in runs.items():
+        row = {"normalisation": normalisation, "encoding": encoding, "codec": codec}
         for field in measured[0]:
             row[field] = statistics.median(m[field] for m in measured)
         rows.append(row)
     load_after = os.getloadavg()
 
     print(
-        f"{'values':<19}{'encoding':<9}{'codec':<23}{'B/patch':>9}{'write t/s':>11}"
+        f"{'normalisation':<19}{'encoding':<9}{'codec':<23}{'B/patch':>9}{'write t/s':>11}"
         f"{'read t/s':>10}{'max err':>10}"
     )
     for r in rows:
         print(
-            f"{r['values']:<19}{r['encoding']:<9}{r['codec']:<23}{r['bytes_per_patch']:>9.0f}"
+            f"{r['normalisation']:<19}{r['encoding']:<9}{r['codec']:<23}{r['bytes_per_patch']:>9.0f}"
             f"{r['write_triplets_per_s']:>11.0f}{r['read_triplets_per_s']:>10.0f}"
             f"{r['max_decode_error']:>10.2g}"
         )

@@ -102,7 +102,7 @@ def compare_with_baselines(
     from ``config['seed']``), and CVA, side by side: ``{dataset: evaluate_pairs(...)}``.
 
     Both networks see the images prepared as the model's training patches were
-    (``config['inputs']``, see :mod:`matter_model.inputs`) and give the same ``output``.
+    (``config['normalisation']``, see :mod:`matter_model.inputs`) and give the same ``output``.
     With ``previews``, the trained model's change map of each pair is written there as PNG.
     Both networks run on the trained model's device.
     """

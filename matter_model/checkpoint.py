@@ -12,6 +12,9 @@ from matter_model.atomic_io import atomic_write_bytes, clean_stale
 from matter_model.inputs import REFLECTANCE
 from matter_model.matter import Matter, create_model
 
+# What checkpoints written before the word `normalisation` was settled called it.
+_LEGACY_NORMALISATION_KEY = "inputs"
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or lacks what the caller needs."""
@@ -49,10 +52,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def model_config(state: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's training config plus ``inputs``: what its training patches held (a
-    ``matter_model.inputs.VALUES``; reflectance for checkpoints older than the key), so
-    that downstream code feeds the model images prepared the same way."""
-    return {**state["config"], "inputs": state.get("inputs", REFLECTANCE)}
+    """A checkpoint's training config plus ``normalisation``: that of its training patches (one
+    of ``matter_model.inputs.NORMALISATIONS``), so that downstream code feeds the model images
+    prepared the same way. Checkpoints written before the word was settled call it ``inputs``;
+    older ones have neither and were trained on reflectance."""
+    normalisation = state.get("normalisation", state.get(_LEGACY_NORMALISATION_KEY, REFLECTANCE))
+    return {**state["config"], "normalisation": normalisation}
 
 
 def build_model(config: dict[str, Any]) -> Matter:

@@ -29,7 +29,7 @@ from matter_model.atomic_io import atomic_directory
 from matter_model.checkpoint import CheckpointError, load_checkpoint, model_config, model_from_state
 from matter_model.inputs import SCENE_STANDARDISED
 from matter_model.logs import configure_cli_logging
-from matter_model.patch_store import PROVENANCE, read_provenance
+from matter_model.patch_store import PROVENANCE, normalisation_of, read_provenance
 from matter_model.pretrained import (
     CARD,
     CARD_FORMAT,
@@ -95,7 +95,7 @@ def data_record(patch_store: str | Path | None) -> dict[str, Any]:
     return {
         "patch_store_format": meta.get("format"),
         "patch_store_version": meta.get("version"),
-        "values": meta.get("values"),
+        "normalisation": normalisation_of(meta) if meta else None,
         **_known("manifest_digest", meta.get("manifest_digest"), missing),
         **_known("stac_items", meta.get("stac_items"), missing),
     }
@@ -122,7 +122,7 @@ def _inputs(
     gsd_m: float | None,
     offset: float | None,
 ) -> dict[str, Any]:
-    method = config["inputs"]
+    method = config["normalisation"]
     return {
         "bands": list(config["bands"]),
         "product_level": level,

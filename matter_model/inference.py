@@ -251,7 +251,7 @@ def embed_dates(
     ``reflectance`` ``(T, C, H, W)`` holds the model's bands (``config['bands']``) in order and
     ``valid`` ``(T, H, W)`` the valid mask; both are read one tile plus context at a time.
     Invalid pixels are filled from the nearest valid date, then each date is prepared as the
-    model's training patches were (``config['inputs']``).
+    model's training patches were (``config['normalisation']``).
     """
     device = device or default_device()
     dates, bands, height, width = reflectance.shape

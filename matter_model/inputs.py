@@ -1,8 +1,9 @@
-"""How an image is prepared for a model: the values its training patches held.
+"""How an image is prepared for a model: the normalisation its training patches had.
 
-A patch store says what its numbers are (its ``values``, one of :data:`VALUES`) and a
-checkpoint records the same as ``inputs``; :func:`input_preparation` turns it into the
-:data:`Preparation` that feeds every downstream task images on that scale:
+A patch store says how its numbers are normalised (its ``normalisation``, one of
+:data:`NORMALISATIONS`), a checkpoint and its config record the same, and an exported model
+card declares it; :func:`input_preparation` turns it into the :data:`Preparation` that feeds
+every downstream task images on that scale:
 
 - ``reflectance``: DN / 10000 as read (L2A surface or, for OSCD, L1C top-of-atmosphere);
 - ``scene-standardised``: each band of the whole image robustly standardised (median, IQR).
@@ -21,7 +22,7 @@ Preparation = Callable[[np.ndarray], np.ndarray]
 
 REFLECTANCE = "reflectance"
 SCENE_STANDARDISED = "scene-standardised"
-VALUES = (REFLECTANCE, SCENE_STANDARDISED)  # what a patch store's numbers can be
+NORMALISATIONS = (REFLECTANCE, SCENE_STANDARDISED)  # what a patch store's numbers can be
 
 # IQR of a standard normal: dividing by IQR / 1.349 gives a robust, std-like scale.
 IQR_TO_STD = 1.3489795
@@ -83,11 +84,13 @@ PREPARATIONS: dict[str, Preparation] = {
 
 
 def input_preparation(config: Mapping[str, Any]) -> Preparation:
-    """The preparation a model's config asks for (``config['inputs']``; reflectance if absent)."""
-    inputs = config.get("inputs", REFLECTANCE)
+    """The preparation a model's config asks for (``config['normalisation']``; reflectance if
+    absent)."""
+    normalisation = config.get("normalisation", REFLECTANCE)
     try:
-        return PREPARATIONS[inputs]
+        return PREPARATIONS[normalisation]
     except KeyError:
         raise ValueError(
-            f"the checkpoint's inputs are {inputs!r}; this version knows {sorted(PREPARATIONS)}"
+            f"the checkpoint's normalisation is {normalisation!r}; this version knows "
+            f"{sorted(PREPARATIONS)}"
         ) from None

@@ -1,12 +1,12 @@
 """The patch store: the on-disk contract between the tiling pipeline and the model.
 
-Layout (format ``matter-patch-store`` version 1)::
+Layout (format ``matter-patch-store`` version 2)::
 
     <root>/
-      store.json              {"format", "version", "bands", "patch_size", "values",
+      store.json              {"format", "version", "bands", "patch_size", "normalisation",
                                "dtype", "scale", "offset", "codec"}
       shards/<shard_id>/      a zarr v3 group, visible only once complete
-        anchor    (N, C, S, S) ``dtype`` (see ``values``), window w at date t_i
+        anchor    (N, C, S, S) ``dtype`` (see ``normalisation``), window w at date t_i
         positive  (N, C, S, S) ``dtype``, the same window at another date t_j
         negative  (N, C, S, S) ``dtype``, another unchanged window
         patches.csv           one row per triplet (region, tile, dates, bbox, CRS, transform, ...)
@@ -15,12 +15,12 @@ Layout (format ``matter-patch-store`` version 1)::
       provenance.json         optional: {"manifest_digest", "stac_items", "product_level",
                               "gsd_m", "shards": {shard_id: {"manifest", "sha256", "items"}}}
 
-``values`` says what the numbers are (``matter_model.inputs.VALUES``): ``reflectance``
-(DN / 10000, the STAC path's L2A surface reflectance) or ``scene-standardised`` (each band of
-each scene date robustly standardised over the whole scene, as the OSCD pretraining store holds
-them). A model trained on a store sees its inputs that way; its checkpoint records it so that
-evaluation feeds it alike. A ``store.json`` without the key (written before it existed) holds
-reflectance.
+``normalisation`` says what the numbers are (``matter_model.inputs.NORMALISATIONS``):
+``reflectance`` (DN / 10000, the STAC path's L2A surface reflectance) or ``scene-standardised``
+(each band of each scene date robustly standardised over the whole scene, as the OSCD
+pretraining store holds them). A model trained on a store sees its inputs that way; its
+checkpoint records it so that evaluation feeds it alike. Version 1 stores, still read, called
+the key ``values``; a ``store.json`` with neither (written before it existed) holds reflectance.
 
 The numbers are kept as Sentinel-2 keeps reflectance: scaled integers, ``value = stored * scale
 + offset``, decoded to float32 by the reader (:class:`Encoding`). Reflectance is the L2A DN
@@ -63,11 +63,13 @@ import zarr
 from torch.utils.data import Dataset
 
 from matter_model.atomic_io import atomic_directory, atomic_write_text
-from matter_model.inputs import REFLECTANCE, SCENE_STANDARDISED, VALUES
+from matter_model.inputs import NORMALISATIONS, REFLECTANCE, SCENE_STANDARDISED
 
 FORMAT = "matter-patch-store"
 PROVENANCE = "provenance.json"
-VERSION = 1
+# Version 2 renamed store.json's ``values`` to ``normalisation``; nothing else changed.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 ROLES = ("anchor", "positive", "negative")
 # One file (zarr shard) holds this many triplets of a role; inside it each triplet is its own
 # compressed chunk, so a random read decodes one patch, not its 63 neighbours.
@@ -168,41 +170,48 @@ ENCODINGS: dict[str, Encoding] = {
 
 @dataclass(frozen=True)
 class StoreInfo:
-    """What every shard of a store shares: its layout (bands, patch size, values) and how the
-    numbers are kept (encoding, codec)."""
+    """What every shard of a store shares: its layout (bands, patch size, normalisation) and how
+    the numbers are kept (encoding, codec)."""
 
     bands: tuple[str, ...]
     patch_size: int
     dtype: str = "float32"
-    values: str = REFLECTANCE
+    normalisation: str = REFLECTANCE
     scale: float = 1.0
     offset: float = 0.0
     codec: str = DEFAULT_CODEC
 
     def __post_init__(self) -> None:
-        if self.values not in VALUES:
-            raise PatchStoreError(f"store values must be one of {VALUES}, not {self.values!r}")
+        if self.normalisation not in NORMALISATIONS:
+            raise PatchStoreError(
+                f"store normalisation must be one of {NORMALISATIONS}, not {self.normalisation!r}"
+            )
         if self.codec not in CODECS:
             raise PatchStoreError(f"unknown codec {self.codec!r}; choose one of {sorted(CODECS)}")
 
     @classmethod
     def encoded(
-        cls, bands: tuple[str, ...], patch_size: int, values: str, codec: str = DEFAULT_CODEC
+        cls,
+        bands: tuple[str, ...],
+        patch_size: int,
+        normalisation: str,
+        codec: str = DEFAULT_CODEC,
     ) -> StoreInfo:
-        """A store of ``values`` kept in their integer encoding (:data:`ENCODINGS`)."""
-        enc = ENCODINGS[values]
-        return cls(tuple(bands), patch_size, enc.dtype, values, enc.scale, enc.offset, codec)
+        """A store of ``normalisation``'s numbers kept in their integer encoding
+        (:data:`ENCODINGS`)."""
+        enc = ENCODINGS[normalisation]
+        return cls(tuple(bands), patch_size, enc.dtype, normalisation, enc.scale, enc.offset, codec)
 
     @property
     def encoding(self) -> Encoding:
-        return Encoding(self.dtype, self.scale, self.offset, ENCODINGS[self.values].saturate)
+        return Encoding(self.dtype, self.scale, self.offset, ENCODINGS[self.normalisation].saturate)
 
     def same_layout(self, other: StoreInfo) -> bool:
         """Whether patches of ``other`` can join this store (its encoding may differ)."""
-        return (self.bands, self.patch_size, self.values) == (
+        return (self.bands, self.patch_size, self.normalisation) == (
             other.bands,
             other.patch_size,
-            other.values,
+            other.normalisation,
         )
 
     def to_json(self) -> dict:
@@ -211,12 +220,17 @@ class StoreInfo:
             "version": VERSION,
             "bands": list(self.bands),
             "patch_size": self.patch_size,
-            "values": self.values,
+            "normalisation": self.normalisation,
             "dtype": self.dtype,
             "scale": self.scale,
             "offset": self.offset,
             "codec": self.codec,
         }
+
+
+def normalisation_of(meta: dict) -> str:
+    """The normalisation a ``store.json``'s contents declare, whatever their version."""
+    return meta.get("normalisation", meta.get("values", REFLECTANCE))
 
 
 def read_info(root: str | Path) -> StoreInfo:
@@ -228,16 +242,16 @@ def read_info(root: str | Path) -> StoreInfo:
             "first (or point the config's `patch_store` at an existing store)."
         )
     meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    if meta.get("format") != FORMAT or meta.get("version") not in READABLE_VERSIONS:
         raise PatchStoreError(
-            f"{path} is not a {FORMAT} v{VERSION} store (found {meta.get('format')} "
-            f"v{meta.get('version')})"
+            f"{path} is not a {FORMAT} store of version {' or '.join(map(str, READABLE_VERSIONS))}"
+            f" (found {meta.get('format')} v{meta.get('version')}): re-tile it with this version"
         )
     return StoreInfo(
         tuple(meta["bands"]),
         int(meta["patch_size"]),
         meta.get("dtype", "float32"),
-        meta.get("values", REFLECTANCE),
+        normalisation_of(meta),
         float(meta.get("scale", 1.0)),
         float(meta.get("offset", 0.0)),
         meta.get("codec", DEFAULT_CODEC),
@@ -329,8 +343,8 @@ def write_shard(
         if not existing.same_layout(info):
             raise PatchStoreError(
                 f"{root} holds patches with bands {list(existing.bands)}, size "
-                f"{existing.patch_size} and values {existing.values!r}; this shard has "
-                f"{list(info.bands)}, {info.patch_size} and {info.values!r}. "
+                f"{existing.patch_size} and normalisation {existing.normalisation!r}; this "
+                f"shard has {list(info.bands)}, {info.patch_size} and {info.normalisation!r}. "
                 "Use a new store root or re-tile every partition with the same settings."
             )
         info = existing

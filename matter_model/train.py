@@ -411,7 +411,7 @@ def _train(
 
     def checkpoint(step: int) -> None:
         if rank == 0:
-            _save(checkpoint_path, model, optimizer, step, cfg, dataset.info.values, history)
+            _save(checkpoint_path, model, optimizer, step, cfg, dataset.info.normalisation, history)
 
     loader = _loader(dataset, cfg, start, rank, world, device)
     net = DistributedDataParallel(model) if world > 1 else model
@@ -428,7 +428,7 @@ def _save(
     optimizer: torch.optim.Optimizer,
     step: int,
     cfg: dict[str, Any],
-    inputs: str,
+    normalisation: str,
     history: list[float],
 ) -> None:
     """Write the checkpoint of ``step``: weights, optimiser, RNGs, config and loss history."""
@@ -441,7 +441,7 @@ def _save(
             "rng": _rng_state(),
             "config": cfg,
             "bands": list(cfg["bands"]),
-            "inputs": inputs,
+            "normalisation": normalisation,
             "loss_history": history,
         },
     )

@@ -120,7 +120,7 @@ def build_oscd_patch_store(
             bands,
             settings,
             negative_pool=pool,
-            values=SCENE_STANDARDISED,
+            normalisation=SCENE_STANDARDISED,
         ).triplets
         unchanged = int(screen["unchanged"].sum())
         negative_from = other or name

@@ -436,7 +436,7 @@ def tile_to_store(
     bands: Sequence[str],
     settings: TilingSettings = TilingSettings(),
     negative_pool: NegativePool | None = None,
-    values: str = REFLECTANCE,
+    normalisation: str = REFLECTANCE,
 ) -> TilingResult:
     """Cut the triplets of ``screen``'s unchanged windows from ``source`` into the patch store.
 
@@ -447,11 +447,11 @@ def tile_to_store(
     shards with the same content; a rerun with another ``strip_rows`` leaves the old shards in
     place, so give it a new ``shard_id``. An empty plan still writes an empty shard (a valid,
     empty store for an all-cloudy region). With ``negative_pool``, negatives come from another
-    region's unchanged windows. ``values`` names what the source's pixels are (a
-    ``matter_model.inputs.VALUES``).
+    region's unchanged windows. ``normalisation`` names how the source's pixels are normalised
+    (one of ``matter_model.inputs.NORMALISATIONS``).
     """
     size = int(screen["size"].iloc[0]) if len(screen) else 0
-    info = StoreInfo.encoded(tuple(bands), size, values)
+    info = StoreInfo.encoded(tuple(bands), size, normalisation)
     kept, plan, pool = _plan(source, screen, settings, negative_pool)
     strip_rows, n_bands = settings.strip_rows, len(bands)
     sources = [source] if pool is None else [source, pool[0]]

@@ -207,7 +207,7 @@ def unsupervised_authors(
     "thresholds": one per Otsu batch, "tiles_dropped_last_batch", "tile_counts"}}``.
 
     Every method sees the per-tile standardised tiles in place of the checkpoint's own
-    preparation (``config['inputs']``): both networks run on them, CVA compares them.
+    preparation (``config['normalisation']``): both networks run on them, CVA compares them.
     """
     device = str(next(model.parameters()).device)
     networks = {"matter": model, "untrained": untrained_twin(model, config)}

@@ -97,8 +97,11 @@ def test_card_reads_what_the_patch_store_records(tmp_path: Path) -> None:
         "stac_items": 42,
     }
     (store / "store.json").write_text(json.dumps(meta))
+    # a version 1 store.json (`values`) and a checkpoint of its time (`inputs`): both are read
     checkpoint = _checkpoint(tmp_path / "c.pt", store, inputs=SCENE_STANDARDISED)
     card = export(checkpoint, tmp_path / "out")
+    assert card["inputs"]["normalisation"]["method"] == SCENE_STANDARDISED
+    assert card["data"]["normalisation"] == SCENE_STANDARDISED
     assert card["inputs"]["product_level"] == "L1C" and card["inputs"]["gsd_m"] == 10
     assert card["inputs"]["reflectance"]["offset"] == 0.0
     assert card["data"]["manifest_digest"] == "abc123" and card["data"]["stac_items"] == 42

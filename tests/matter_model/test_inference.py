@@ -155,7 +155,7 @@ def test_invalid_pixels_take_the_nearest_valid_date() -> None:
 
 def test_scene_standardisation_is_computed_once_over_the_date() -> None:
     image = np.random.default_rng(3).normal(2, 3, (4, 60, 50)).astype(np.float32)
-    preparation = input_preparation({"inputs": SCENE_STANDARDISED})
+    preparation = input_preparation({"normalisation": SCENE_STANDARDISED})
     per_tile = date_preparation(preparation, image, np.ones((60, 50), bool))
     np.testing.assert_allclose(per_tile(image[:, :20, 10:30]), standardise(image)[:, :20, 10:30])
 

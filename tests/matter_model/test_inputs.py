@@ -3,15 +3,21 @@
 import numpy as np
 import pytest
 
-from matter_model.inputs import PREPARATIONS, VALUES, as_reflectance, input_preparation, standardise
+from matter_model.inputs import (
+    NORMALISATIONS,
+    PREPARATIONS,
+    as_reflectance,
+    input_preparation,
+    standardise,
+)
 
 
 def test_every_store_value_has_a_preparation():
-    assert set(PREPARATIONS) == set(VALUES)
+    assert set(PREPARATIONS) == set(NORMALISATIONS)
     assert input_preparation({}) is as_reflectance  # checkpoints older than the key
-    assert input_preparation({"inputs": "scene-standardised"}) is standardise
+    assert input_preparation({"normalisation": "scene-standardised"}) is standardise
     with pytest.raises(ValueError, match="'dn'.*knows"):
-        input_preparation({"inputs": "dn"})
+        input_preparation({"normalisation": "dn"})
 
 
 def test_scene_standardisation_removes_a_gain_and_offset_per_band():

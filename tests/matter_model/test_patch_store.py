@@ -194,20 +194,38 @@ def test_a_dead_writers_leftovers_are_cleaned_and_a_live_ones_kept(tmp_path) -> 
     assert sorted(p.name for p in shards.iterdir()) == [live.name, "a", "c"]
 
 
-def test_values_travel_with_the_store_and_are_never_mixed(tmp_path) -> None:
-    standardised = StoreInfo(INFO.bands, INFO.patch_size, values="scene-standardised")
+def test_the_normalisation_travels_with_the_store_and_is_never_mixed(tmp_path) -> None:
+    standardised = StoreInfo(INFO.bands, INFO.patch_size, normalisation="scene-standardised")
     write_shard(tmp_path / "std", "a", standardised, **_shard(2))
-    assert read_info(tmp_path / "std").values == "scene-standardised"
-    with pytest.raises(PatchStoreError, match="values 'scene-standardised'"):
+    assert read_info(tmp_path / "std").normalisation == "scene-standardised"
+    with pytest.raises(PatchStoreError, match="normalisation 'scene-standardised'"):
         write_shard(tmp_path / "std", "b", INFO, **_shard(2))
-    # a store.json written before the key existed holds reflectance
+    with pytest.raises(PatchStoreError, match="normalisation must be one of"):
+        StoreInfo(INFO.bands, INFO.patch_size, normalisation="dn")
+
+
+def _rewrite_store_json(root: Path, **changes: object) -> None:
+    """Edit ``root``'s store.json as an older version wrote it (None drops a key)."""
+    meta = json.loads((root / "store.json").read_text())
+    meta.update(changes)
+    meta = {key: value for key, value in meta.items() if value is not None}
+    (root / "store.json").write_text(json.dumps(meta))
+
+
+def test_stores_of_older_versions_are_read_and_grown_as_they_are(tmp_path) -> None:
+    standardised = StoreInfo(INFO.bands, INFO.patch_size, normalisation="scene-standardised")
+    write_shard(tmp_path / "v1", "a", standardised, **_shard(2))
+    _rewrite_store_json(tmp_path / "v1", version=1, normalisation=None, values="scene-standardised")
+    assert read_info(tmp_path / "v1").normalisation == "scene-standardised"
+    write_shard(tmp_path / "v1", "b", standardised, **_shard(2))
+    assert json.loads((tmp_path / "v1" / "store.json").read_text())["version"] == 1
+    # a store.json written before either key existed holds reflectance
     write_shard(tmp_path / "old", "a", INFO, **_shard(2))
-    meta = json.loads((tmp_path / "old" / "store.json").read_text())
-    del meta["values"]
-    (tmp_path / "old" / "store.json").write_text(json.dumps(meta))
-    assert read_info(tmp_path / "old").values == "reflectance"
-    with pytest.raises(PatchStoreError, match="values must be one of"):
-        StoreInfo(INFO.bands, INFO.patch_size, values="dn")
+    _rewrite_store_json(tmp_path / "old", version=1, normalisation=None)
+    assert read_info(tmp_path / "old").normalisation == "reflectance"
+    _rewrite_store_json(tmp_path / "old", version=3)
+    with pytest.raises(PatchStoreError, match="version 1 or 2 .*found matter-patch-store v3"):
+        read_info(tmp_path / "old")
 
 
 def _dn_shard(n: int) -> dict:

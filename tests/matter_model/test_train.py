@@ -91,7 +91,8 @@ def test_train_end_to_end_and_load_model(store, tmp_path, caplog):
     assert (tmp_path / "loss_curve.png").stat().st_size > 0
     model, config = load_model(tmp_path / "checkpoint.pt")
     assert not model.training and config["bands"] == list(MATTER_BANDS)
-    assert config["inputs"] == "reflectance"  # what the store's values were
+    assert config["normalisation"] == "reflectance"  # the store's
+    assert torch.load(tmp_path / "checkpoint.pt")["normalisation"] == "reflectance"
     with torch.no_grad():
         emb = model.embed(torch.rand(1, 9, 16, 16), window=13)
     assert emb.shape == (1, 8, 16, 16)

@@ -35,7 +35,7 @@ def test_unlabelled_cities_become_one_shard_each_and_reruns_replace_them(
     assert set(table["anchor_date"]) | set(table["positive_date"]) == {"2016-01-20", "2018-03-28"}
     triplet = TripletDataset(store)[0]
     assert triplet["anchor"].shape == (9, 8, 8) and np.isfinite(triplet["anchor"].numpy()).all()
-    assert read_info(store).values == "scene-standardised"
+    assert read_info(store).normalisation == "scene-standardised"
     assert build_oscd_patch_store(release, store, **options) == written
     assert shard_ids(store) == ["oscd-nolabel"]
 
@@ -73,7 +73,7 @@ def test_real_unlabelled_city(tmp_path: Path) -> None:
     written = build_oscd_patch_store(REAL_ROOT, tmp_path, ["rio"])
     assert written["rio"] > 0
     anchor = TripletDataset(tmp_path)[0]["anchor"].numpy()
-    assert anchor.shape == (9, 32, 32) and read_info(tmp_path).values == "scene-standardised"
+    assert anchor.shape == (9, 32, 32) and read_info(tmp_path).normalisation == "scene-standardised"
     # robust z-scores of the scene: about unit spread, neither DN nor reflectance
     assert 0.1 < np.subtract(*np.percentile(anchor, [75, 25])) < 10
 
