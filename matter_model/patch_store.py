@@ -407,7 +407,10 @@ def read_patches(root: str | Path) -> pd.DataFrame:
         table.insert(0, "index_in_shard", np.arange(len(table)))
         table.insert(0, "shard", shard)
         tables.append(table)
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    # Empty shards (an all-cloudy partition's) add no rows, and pandas will stop letting their
+    # all-NA columns vote on the dtypes; leave them out unless every shard is empty.
+    rows = [table for table in tables if len(table)] or tables[:1]
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
 class TripletDataset(Dataset):
@@ -434,22 +437,25 @@ class TripletDataset(Dataset):
             raise PatchStoreError(f"the patch store at {self.root} has no patches")
         self._index = self.patches[["shard", "index_in_shard"]].to_numpy()
         self._encoding = self.info.encoding
-        self._groups: dict[str, zarr.Group] = {}
+        self._arrays: dict[str, dict[str, zarr.Array]] = {}
 
     def __len__(self) -> int:
         return len(self._index)
 
-    def _group(self, shard: str) -> zarr.Group:
-        if shard not in self._groups:
-            self._groups[shard] = zarr.open_group(self.root / "shards" / shard, mode="r")
-        return self._groups[shard]
+    def _shard_arrays(self, shard: str) -> dict[str, zarr.Array]:
+        """The role arrays of ``shard``, opened once per process: opening one reads its
+        metadata from disk, which cost as much as reading the patch."""
+        if shard not in self._arrays:
+            group = zarr.open_group(self.root / "shards" / shard, mode="r")
+            self._arrays[shard] = {role: group[role] for role in ROLES}
+        return self._arrays[shard]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         shard, j = self._index[i]
-        group = self._group(shard)
+        arrays = self._shard_arrays(shard)
         return {
             role: torch.from_numpy(
-                np.ascontiguousarray(self._encoding.decode(group[role][int(j)][self.band_index]))
+                np.ascontiguousarray(self._encoding.decode(arrays[role][int(j)][self.band_index]))
             )
             for role in ROLES
         }

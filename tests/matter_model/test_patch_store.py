@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -351,3 +352,19 @@ def test_encoding_matches_the_float64_formula_exactly() -> None:
     reflectance = ENCODINGS["reflectance"]
     dn = rng.integers(0, 20000, size=(4, 2, 8, 8))
     np.testing.assert_array_equal(reflectance.encode((dn * 1e-4 - 0.1).astype(np.float32)), dn)
+
+
+def test_an_empty_shard_adds_no_rows_and_changes_no_column(tmp_path) -> None:
+    def scored(n: int) -> dict:
+        data = _shard(n)
+        data["patches"]["score"] = np.linspace(0.1, 0.9, n)  # a float column, as real tables
+        return data
+
+    write_shard(tmp_path, "a", INFO, **scored(3))
+    alone = read_patches(tmp_path)
+    write_shard(tmp_path, "b", INFO, **scored(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pandas' warning about all-NA columns in a concat
+        both = read_patches(tmp_path)
+    pd.testing.assert_frame_equal(both, alone)
+    assert len(TripletDataset(tmp_path)) == 3
