@@ -28,7 +28,8 @@ itself (uint16, scale 1e-4, offset -0.1, the BOA offset of processing baseline 0
 round-trips exactly; scene-standardised values are int16 steps of 2^-8 of a robust standard
 deviation, saturating at 128 of them. ``float32`` (scale 1, offset 0) keeps any value as
 given, and is what stores written before the encoding existed hold. The codec is named in
-``store.json`` (:data:`CODECS`).
+``store.json`` (:data:`CODECS`); each normalisation has its own default
+(:data:`DEFAULT_CODECS`), chosen by ``benchmarks/patch_store.py`` and ``benchmarks/tiling.py``.
 
 Each array is sharded: one file per 64 triplets, one zstd chunk per triplet inside it, so a
 random read decodes only the patch it wants.
@@ -88,6 +89,7 @@ CODECS: dict[str, Callable[[], list]] = {
     ],
     "blosc-lz4-shuffle": lambda: [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
 }
+# What a store.json without a "codec" key (written before the key existed) was compressed with.
 DEFAULT_CODEC = "zstd-3"
 
 
@@ -166,6 +168,14 @@ ENCODINGS: dict[str, Encoding] = {
     REFLECTANCE: Encoding("uint16", 1e-4, -0.1),
     SCENE_STANDARDISED: Encoding("int16", 2.0**-8, 0.0, saturate=True),
 }
+# The codec of a new store of each normalisation. Tiling reflectance is bound by compressing it
+# (256 px patches of 12 bands), which LZ4 over byte-shuffled DN does several times faster than
+# zstd at a few per cent more bytes; the standardised OSCD store is small and read far more
+# often than written, so it keeps zstd's smaller files. Figures: docs/benchmarks.md.
+DEFAULT_CODECS: dict[str, str] = {
+    REFLECTANCE: "blosc-lz4-shuffle",
+    SCENE_STANDARDISED: "zstd-3",
+}
 
 
 @dataclass(frozen=True)
@@ -195,11 +205,12 @@ class StoreInfo:
         bands: tuple[str, ...],
         patch_size: int,
         normalisation: str,
-        codec: str = DEFAULT_CODEC,
+        codec: str | None = None,
     ) -> StoreInfo:
         """A store of ``normalisation``'s numbers kept in their integer encoding
-        (:data:`ENCODINGS`)."""
+        (:data:`ENCODINGS`), compressed by ``codec`` (default: :data:`DEFAULT_CODECS`)."""
         enc = ENCODINGS[normalisation]
+        codec = DEFAULT_CODECS[normalisation] if codec is None else codec
         return cls(tuple(bands), patch_size, enc.dtype, normalisation, enc.scale, enc.offset, codec)
 
     @property
