@@ -35,18 +35,15 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 
-# What benchmarks/NAME.py writes on DEVICE: NAME.json on the CPU, NAME-cuda.json on CUDA.
-written() { [ "$DEVICE" = cpu ] && echo "benchmarks/results/$1.json" || echo "benchmarks/results/$1-$DEVICE.json"; }
-
 pac2d() {
     stamp "pac2d on $DEVICE"
-    "$PY" benchmarks/pac2d.py --device "$DEVICE" --repeats 50 --warmup 5
-    cp "$(written pac2d)" "$results/"
+    "$PY" benchmarks/pac2d.py --device "$DEVICE" --repeats 50 --warmup 5 \
+        --out "$results/pac2d-$DEVICE.json"
 }
 
 # The steps that fill TRAIN_SECONDS at the samples/s train-DEVICE.json measured for CONFIG.
 steps_for_budget() {
-    "$PY" - "$(written train)" "$CONFIG" "$TRAIN_SECONDS" <<'EOF'
+    "$PY" - "$results/train-$DEVICE.json" "$CONFIG" "$TRAIN_SECONDS" <<'EOF'
 import json, sys
 row = json.load(open(sys.argv[1]))["configs"][sys.argv[2]]
 print(max(1, int(float(sys.argv[3]) * row["train_samples_per_s"] / row["batch_size"])))
@@ -64,8 +61,8 @@ evaluate() {  # NAME, then evaluate's options
 pretrain() {
     stamp "training throughput on $DEVICE"
     "$PY" benchmarks/train.py --device "$DEVICE" --config "$TIMED" --config "$CONFIG" \
-        --patch-store "$PATCH_STORE" --steps 20 --warmup 5 --batches 50
-    cp "$(written train)" "$results/"
+        --patch-store "$PATCH_STORE" --steps 20 --warmup 5 --batches 50 \
+        --out "$results/train-$DEVICE.json"
     local steps
     steps=$(steps_for_budget)
     stamp "train $CONFIG for $steps steps"

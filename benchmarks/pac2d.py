@@ -205,6 +205,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--threads", type=int, default=1, help="torch's intra-op threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--out", type=Path, help="the JSON to write (default: results/pac2d.json, pac2d-cuda.json)"
+    )
     parser.add_argument("--memory-of", nargs=2, metavar=("METHOD", "K"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -240,8 +243,10 @@ def main() -> None:
         },
     }
     print_report(report)
-    name = "pac2d.json" if device.type == "cpu" else f"pac2d-{device.type}.json"
-    atomic_write_text(RESULTS / name, json.dumps(report, indent=2) + "\n")
+    out = args.out or RESULTS / (
+        "pac2d.json" if device.type == "cpu" else f"pac2d-{device.type}.json"
+    )
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

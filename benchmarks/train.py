@@ -119,6 +119,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", help="a config's name (repeatable)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--out", type=Path, help="the JSON to write (default: results/train.json, train-cuda.json)"
+    )
     parser.add_argument("--patch-store", type=Path, help="a real store (default: synthetic)")
     parser.add_argument("--steps", type=int, default=30, help="training steps timed")
     parser.add_argument("--warmup", type=int, default=5, help="training steps not timed")
@@ -154,8 +157,10 @@ def main() -> None:
             f"{row['loader_patches_per_s']:.1f} patches/s ({row['num_workers']} workers), "
             f"{row['loader_over_train']}x training's need"
         )
-    name = "train.json" if device.type == "cpu" else f"train-{device.type}.json"
-    atomic_write_text(RESULTS / name, json.dumps(report, indent=2) + "\n")
+    out = args.out or RESULTS / (
+        "train.json" if device.type == "cpu" else f"train-{device.type}.json"
+    )
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
