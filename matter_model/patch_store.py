@@ -31,7 +31,7 @@ given, and is what stores written before the encoding existed hold. The codec is
 ``store.json`` (:data:`CODECS`); each normalisation has its own default
 (:data:`DEFAULT_CODECS`), chosen by ``benchmarks/patch_store.py`` and ``benchmarks/tiling.py``.
 
-Each array is sharded: one file per 64 triplets, one zstd chunk per triplet inside it, so a
+Each array is sharded: one file per 64 triplets, one compressed chunk per triplet inside it, so a
 random read decodes only the patch it wants.
 
 ``provenance.json`` is what a model card cites of the data (``matter_model.export``):
@@ -168,10 +168,10 @@ ENCODINGS: dict[str, Encoding] = {
     REFLECTANCE: Encoding("uint16", 1e-4, -0.1),
     SCENE_STANDARDISED: Encoding("int16", 2.0**-8, 0.0, saturate=True),
 }
-# The codec of a new store of each normalisation. Tiling reflectance is bound by compressing it
-# (256 px patches of 12 bands), which LZ4 over byte-shuffled DN does several times faster than
-# zstd at a few per cent more bytes; the standardised OSCD store is small and read far more
-# often than written, so it keeps zstd's smaller files. Figures: docs/benchmarks.md.
+# The codec of a new store of each normalisation. Compressing was the largest cost of tiling
+# reflectance (256 px patches of 12 bands), and LZ4 over byte-shuffled DN does it several times
+# faster than zstd for a few per cent more bytes; the standardised OSCD store is small and read
+# far more often than written, so it keeps zstd's smaller files. Figures: docs/benchmarks.md.
 DEFAULT_CODECS: dict[str, str] = {
     REFLECTANCE: "blosc-lz4-shuffle",
     SCENE_STANDARDISED: "zstd-3",
