@@ -251,6 +251,16 @@ def test_reflectance_is_kept_as_its_dn_and_read_back_exactly(tmp_path, codec) ->
             np.testing.assert_array_equal(dataset[i][role].numpy(), data[role][i])
 
 
+def test_a_patch_of_fill_values_is_written_and_read_back(tmp_path) -> None:
+    # Shards skip zarr's per-chunk "is it all fill value" check: such a patch is written whole.
+    info = StoreInfo.encoded(INFO.bands, INFO.patch_size, "reflectance")
+    data = {role: info.encoding.encode(c) for role, c in _dn_shard(2).items() if role in ROLES}
+    data["anchor"][1] = 0
+    write_shard(tmp_path, "a", info, **data, patches=_shard(2)["patches"])
+    read = TripletDataset(tmp_path)[1]["anchor"].numpy()
+    np.testing.assert_array_equal(read, info.encoding.decode(data["anchor"][1]))
+
+
 def test_standardised_values_are_quantised_and_saturate(tmp_path) -> None:
     info = StoreInfo.encoded(INFO.bands, INFO.patch_size, "scene-standardised")
     data = _shard(3)
