@@ -18,7 +18,7 @@ from rasterio.enums import Resampling
 from matter_model.patch_store import ENCODINGS, TripletDataset, read_shard, shard_ids
 from pipelines.bands import SCL_INVALID_DEFAULT
 from pipelines.change_screen import screen_windows
-from pipelines.cog_stack import CogScene, CogStack, CogStackError, upsampled
+from pipelines.cog_stack import CogScene, CogStack, CogStackError, stored_into, upsampled
 from pipelines.grid import Grid
 from pipelines.scene_reader import read_asset
 from pipelines.tiling import (
@@ -304,6 +304,23 @@ def test_upsampled_repeats_each_native_pixel_k_by_k(k, y, x) -> None:
     native = np.arange(20 * 20, dtype=np.uint16).reshape(20, 20)
     naive = np.kron(native, np.ones((k, k), np.uint16))[y : y + 37, x : x + 41]
     np.testing.assert_array_equal(upsampled(native, k, y, x, 37, 41), naive)
+
+
+@pytest.mark.parametrize("k", [1, 2, 6])
+@pytest.mark.parametrize("shift", [1000, -1000, 0])
+def test_stored_into_shifts_the_dn_as_wide_integers_would(k, shift) -> None:
+    native = np.random.default_rng(k).integers(1000, 64535, (50, 50), dtype=np.uint16)
+    out = np.empty((37, 41), np.uint16)
+    stored_into(out, native, k, 5, 2, shift)
+    naive = np.kron(native.astype(np.int64) + shift, np.ones((k, k), np.int64))[5:42, 2:43]
+    np.testing.assert_array_equal(out, naive)
+
+
+@pytest.mark.parametrize(("dn", "shift"), [(65000, 1000), (500, -1000)])
+def test_a_shift_beyond_the_stored_dtype_is_refused(dn, shift) -> None:
+    native = np.full((8, 8), dn, np.uint16)
+    with pytest.raises(CogStackError, match=f"shifted by {shift} .* beyond the uint16"):
+        stored_into(np.empty((8, 8), np.uint16), native, 1, 0, 0, shift)
 
 
 def test_real_tile_cogs_into_the_patch_store(tmp_path, real_data) -> None:
