@@ -310,6 +310,10 @@ class CogStack:
         out = np.empty((len(self.dates), rows, cols))
         for t, source in enumerate(self._scl):
             scl, dy, dx = source.read_rows(0, rows * size, cols * size)
-            valid = self._valid_lut[upsampled(scl, source.factor, dy, dx, rows * size, cols * size)]
-            out[t] = as_blocks(valid, size).mean(axis=(-2, -1))
+            k = source.factor
+            if size % k or dy or dx:  # windows that split SCL pixels: count on the grid
+                scl, k = upsampled(scl, k, dy, dx, rows * size, cols * size), 1
+            # On whole SCL pixels each weighs k x k grid pixels alike: the same shares, from
+            # k x k fewer pixels.
+            out[t] = as_blocks(self._valid_lut[scl], size // k).mean(axis=(-2, -1))[:rows, :cols]
         return out

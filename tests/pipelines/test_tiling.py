@@ -286,6 +286,23 @@ def test_cog_stack_matches_gdal_nearest_on_the_real_tile(real_data) -> None:
     assert fractions.shape == (1, 4, 4) and 0.5 < fractions.mean() <= 1.0
 
 
+@pytest.mark.parametrize("size", [240, 256])  # whole SCL pixels (stored 200 m here), or not
+def test_cog_valid_fraction_equals_the_share_on_the_grid(real_data, size) -> None:
+    scene = _real_scene(real_data("s2_l2a_cog_29RKH"), ["B04"])
+    cloudy = replace(REAL_GRID, transform=Affine(10.0, 0.0, 259380.0, 0.0, -10.0, 2800020.0))
+    with CogStack([scene], ["B04"], grid=cloudy) as source:  # a fifth under cloud
+        fractions = source.valid_fraction(size)
+    scl, _ = read_asset(scene.scl, cloudy, Resampling.nearest)
+    valid = ~np.isin(scl, SCL_INVALID_DEFAULT)
+    n = cloudy.height // size
+    naive = [
+        [valid[r * size : (r + 1) * size, c * size : (c + 1) * size].mean() for c in range(n)]
+        for r in range(n)
+    ]
+    np.testing.assert_array_equal(fractions[0], naive)
+    assert 0.0 < fractions.min() < fractions.max() <= 1.0
+
+
 @pytest.mark.parametrize("offset", [0.0, -0.1])  # processing baselines 02.14 and 04.00
 def test_cog_crops_as_store_integers_equal_the_encoded_reflectance(real_data, offset) -> None:
     bands = ["B01", "B04", "B05", "B8A"]
