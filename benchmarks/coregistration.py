@@ -10,8 +10,8 @@ in full and the measured shifts can be checked against the planted ones. The ite
 Earth Search item with its hrefs pointed at the VRTs and one date each.
 
 Each case runs in a fresh subprocess that co-registers the stack and writes it to zarr with
-:func:`pipelines.stack_store.write_stack`; its peak resident set is the subprocess's
-``ru_maxrss``, GDAL's block cache included: it is set to ``--gdal-cache-mb`` (GDAL's own default,
+:func:`pipelines.stack_store.write_stack`; its peak resident set is the subprocess's own
+(``process_usage.peak_rss_mb``), GDAL's block cache included: it is set to ``--gdal-cache-mb`` (GDAL's own default,
 5% of RAM, lets the cache grow with the grid and hides what the blocks hold). "blocks" uses
 the default 1024 px blocks; "in memory" sets the block to the whole grid, so each date's 12
 bands are read and resampled as one array, as the pre-dask code did. Both run side by side on a
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -42,6 +41,8 @@ import tempfile
 import time
 from datetime import date, timedelta
 from pathlib import Path
+
+from process_usage import cpu_seconds, peak_rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -165,12 +166,12 @@ def run_case(
     from pipelines.stack_store import open_stack, write_stack
 
     items = json.loads(items_path.read_text())
-    start, cpu_start = time.perf_counter(), _cpu_s()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     stack = coregister(
         items, _bench_grid(size_px), region="29RKH", chunk_px=chunk_px, reader=reader
     )
     write_stack(stack, out)
-    wall, cpu = time.perf_counter() - start, _cpu_s() - cpu_start
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     written = open_stack(out)
     planted = np.array(SHIFTS_PX * len(items))[: len(items)]
     dates = stack_dates(written)
@@ -183,17 +184,11 @@ def run_case(
         "chunk_px": chunk_px,
         "wall_s": round(wall, 2),
         "cpu_s": round(cpu, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "pixels_per_s": round(len(items) * size_px * size_px / wall),
         "max_shift_error_px": round(float(error), 4),
         "valid_fraction": [round(float(v), 4) for v in written.valid_fraction.values],
     }
-
-
-def _cpu_s() -> float:
-    """User plus system CPU seconds of this process so far, all its threads."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def run_plain_case(items_path: Path, size_px: int, chunk_px: int, out: Path) -> dict:
@@ -212,7 +207,7 @@ def run_plain_case(items_path: Path, size_px: int, chunk_px: int, out: Path) -> 
         "dates": len(items),
         "chunk_px": chunk_px,
         "wall_s": round(wall, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "pixels_per_s": round(len(items) * size_px * size_px / wall),
     }
 

@@ -14,7 +14,7 @@ store holds) with untrained weights, saved as a checkpoint and loaded by the ass
 :func:`matter_model.checkpoint.load_model`. Each asset runs in a fresh subprocess per size, as
 Dagster runs them, calling the assets' functions (``write_embeddings`` with the default
 ``EmbeddingConfig``, then ``write_change_maps``) on the CPU with ``--threads`` threads; the
-subprocess's ``ru_maxrss`` is its peak resident set. Prints a table and writes
+subprocess's own high-water mark (``process_usage.peak_rss_mb``) is its peak resident set. Prints a table and writes
 ``benchmarks/results/inference.json`` with the load average before and after each size
 (``--keep`` keeps the rows of the sizes not rerun).
 
@@ -28,13 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from process_usage import cpu_seconds, peak_rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -177,12 +178,6 @@ def stand_in(model, config: dict, window: int) -> StandIn:
     return StandIn(probe.shape[1])
 
 
-def _cpu_s() -> float:
-    """User plus system CPU seconds of this process so far, all its threads."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_phase(
     phase: str, stack_path: Path, checkpoint: Path, work: Path, threads: int, network: str
 ) -> dict:
@@ -201,7 +196,7 @@ def run_phase(
     from pipelines.stack_store import open_stack
 
     torch.set_num_threads(threads)
-    start, cpu_start = time.perf_counter(), _cpu_s()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     stack = open_stack(stack_path)
     embeddings = work / "embeddings.zarr"
     if phase == "embeddings":
@@ -217,8 +212,8 @@ def run_phase(
     return {
         "phase": phase,
         "wall_s": round(time.perf_counter() - start, 2),
-        "cpu_s": round(_cpu_s() - cpu_start, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "cpu_s": round(cpu_seconds() - cpu_start, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         **extra,
     }
 

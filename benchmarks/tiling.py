@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,8 @@ import tempfile
 import time
 from datetime import date, timedelta
 from pathlib import Path
+
+from process_usage import cpu_seconds, peak_rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -119,14 +120,8 @@ def usage(start: float, cpu_start: float, patches: int) -> dict:
         "patches": patches,
         "seconds": time.perf_counter() - start,
         "cpu_s": cpu_seconds() - cpu_start,
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mb": peak_rss_mb(),
     }
-
-
-def cpu_seconds() -> float:
-    """CPU seconds this process has used so far, every thread."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def run_ours(folder: Path, dates: int, store: Path) -> dict:
