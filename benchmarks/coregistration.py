@@ -11,10 +11,11 @@ Earth Search item with its hrefs pointed at the VRTs and one date each.
 
 Each case runs in a fresh subprocess that co-registers the stack and writes it to zarr with
 :func:`pipelines.stack_store.write_stack`; its peak resident set is the subprocess's own
-(``process_usage.peak_rss_mb``), GDAL's block cache included: it is set to ``--gdal-cache-mb`` (GDAL's own default,
-5% of RAM, lets the cache grow with the grid and hides what the blocks hold). "blocks" uses
-the default 1024 px blocks; "in memory" sets the block to the whole grid, so each date's 12
-bands are read and resampled as one array, as the pre-dask code did. Both run side by side on a
+(``process_usage.peak_rss_mb``), GDAL's block cache included: it is set to
+``--gdal-cache-mb`` (GDAL's own default, 5% of RAM, lets the cache grow with the grid and hides
+what the blocks hold). "blocks" uses the default 1024 px blocks; "in memory" sets the block to
+the whole grid, so each date's 12 bands are read and resampled as one array, as the pre-dask
+code did. Both run side by side on a
 crop that the in-memory version handles, then the blocks alone on the full ``--size-px`` grid.
 After each blocks case, a plain GDAL warp of the same assets onto the same grid, written the same
 way (:mod:`plain_warp`), gives what co-registration costs above warping (``plain_warp_s`` next to

@@ -14,9 +14,9 @@ store holds) with untrained weights, saved as a checkpoint and loaded by the ass
 :func:`matter_model.checkpoint.load_model`. Each asset runs in a fresh subprocess per size, as
 Dagster runs them, calling the assets' functions (``write_embeddings`` with the default
 ``EmbeddingConfig``, then ``write_change_maps``) on the CPU with ``--threads`` threads; the
-subprocess's own high-water mark (``process_usage.peak_rss_mb``) is its peak resident set. Prints a table and writes
-``benchmarks/results/inference.json`` with the load average before and after each size
-(``--keep`` keeps the rows of the sizes not rerun).
+subprocess's own high-water mark (``process_usage.peak_rss_mb``) is its peak resident set.
+Prints a table and writes ``benchmarks/results/inference.json`` with the load average before
+and after each size (``--keep`` keeps the rows of the sizes not rerun).
 
 ``--network stand-in`` replaces the network by a copy of its input channels (as many as the
 network outputs): what the assets hold around the network, on a size whose real run takes the
