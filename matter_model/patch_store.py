@@ -173,8 +173,8 @@ ENCODINGS: dict[str, Encoding] = {
 }
 # The codec of a new store of each normalisation: LZ4 over bit-shuffled integers. Compressing was
 # the largest cost of tiling (256 px patches of 12 bands), and LZ4 does it several times faster
-# than zstd; shuffling the bits rather than the bytes of each integer made the loader's 32 px
-# patches 10 % smaller still, at the same write speed. Figures: docs/benchmarks.md.
+# than zstd; shuffling the bits rather than the bytes of each integer makes the patches about a
+# tenth smaller still, for about a tenth more tiling CPU. Figures: docs/benchmarks.md.
 DEFAULT_CODECS: dict[str, str] = {
     REFLECTANCE: "blosc-lz4-bitshuffle",
     SCENE_STANDARDISED: "blosc-lz4-bitshuffle",
