@@ -43,14 +43,20 @@ _PR_SET_PDEATHSIG = 1  # prctl(2): the signal the calling process gets when its 
 
 def _stop_with_parent() -> Callable[[], None] | None:
     """A ``preexec_fn`` that has the child get SIGTERM when its parent dies (Linux), else None.
-    libc is loaded here, before the fork: the child only makes the one call."""
+
+    The child also gets SIGTERM's default action back: an ignored signal stays ignored across
+    fork and exec, so a server started by a process that ignores SIGTERM would outlive it (and
+    sit out ``stop``'s grace period). libc is loaded here, before the fork: the child only makes
+    the two calls."""
     if not sys.platform.startswith("linux"):
         return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    signal_number = ctypes.c_ulong(signal.SIGTERM)
+    libc = ctypes.CDLL(None, use_errno=True)
+    signal_number = ctypes.c_int(signal.SIGTERM)
+    default_action = ctypes.c_void_p(0)  # SIG_DFL
 
     def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal_number)
+        libc.signal(signal_number, default_action)
+        libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM))
 
     return preexec
 
