@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from matter_model.bands import MATTER_BANDS
+from matter_model.patch_store import CODECS
 from pipelines import tiling
 from pipelines.coregistration import DEFAULT_CHUNK_PX, DEFAULT_SAMPLE_PX
 from pipelines.stac.hrefs import check_host_pattern
@@ -182,8 +183,17 @@ class TilingSettings(Section):
     min_negative_distance_px: Annotated[int, Field(ge=0)] = _TILING.min_negative_distance_px
     max_pairs_per_window: PositiveInt | None = _TILING.max_pairs_per_window  # None: every pair
     strip_rows: PositiveInt | None = _TILING.strip_rows  # None: the whole scene is one strip
+    # A key of matter_model.patch_store.CODECS for a new store; None: the normalisation's default
+    codec: str | None = _TILING.codec
     negatives: Literal["same_scene", "other_region"] = "same_scene"
     seed: int = _TILING.seed
+
+    @field_validator("codec")
+    @classmethod
+    def _known_codec(cls, codec: str | None) -> str | None:
+        if codec is not None and codec not in CODECS:
+            raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(CODECS)}")
+        return codec
 
 
 @cache

@@ -30,7 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from matter_model.inputs import REFLECTANCE
-from matter_model.patch_store import Encoding, StoreInfo, write_shard
+from matter_model.patch_store import CODECS, Encoding, StoreInfo, write_shard
 from pipelines.blocks import as_blocks
 from pipelines.dates import stack_dates
 from pipelines.grid import Grid
@@ -71,7 +71,9 @@ class TilingSettings:
     keeps same-scene negatives away from their anchor (centre to centre);
     ``max_pairs_per_window`` draws that many ordered date pairs per window (None: all of them);
     ``strip_rows`` cuts and writes the scene a strip of that many window rows at a time (None:
-    the whole scene at once).
+    the whole scene at once); ``codec`` compresses a new store (one of
+    ``matter_model.patch_store.CODECS``; None: its normalisation's default); a store already
+    started keeps its own.
     """
 
     seed: int = 0
@@ -79,6 +81,7 @@ class TilingSettings:
     min_negative_distance_px: int = 64
     max_pairs_per_window: int | None = None
     strip_rows: int | None = None
+    codec: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_valid_fraction <= 1.0:
@@ -91,6 +94,8 @@ class TilingSettings:
             )
         if self.strip_rows is not None and self.strip_rows < 1:
             raise ValueError(f"strip_rows must be at least 1 window row, got {self.strip_rows}")
+        if self.codec is not None and self.codec not in CODECS:
+            raise ValueError(f"unknown codec {self.codec!r}; choose one of {sorted(CODECS)}")
 
 
 class Strip(Protocol):
@@ -451,7 +456,7 @@ def tile_to_store(
     (one of ``matter_model.inputs.NORMALISATIONS``).
     """
     size = int(screen["size"].iloc[0]) if len(screen) else 0
-    info = StoreInfo.encoded(tuple(bands), size, normalisation)
+    info = StoreInfo.encoded(tuple(bands), size, normalisation, codec=settings.codec)
     kept, plan, pool = _plan(source, screen, settings, negative_pool)
     strip_rows, n_bands = settings.strip_rows, len(bands)
     sources = [source] if pool is None else [source, pool[0]]

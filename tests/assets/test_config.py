@@ -106,6 +106,7 @@ def test_defaults_fill_what_a_file_leaves_out() -> None:
         ({"tiling": {"min_valid_fraction": -0.1}}, r"tiling\.min_valid_fraction: .*>= 0|greater"),
         ({"checks": {"unchanged_share": [0.9, 0.1]}}, r"checks\.unchanged_share: .*low <= high"),
         ({"tiling": {"negatives": "elsewhere"}}, r"tiling\.negatives: .*'same_scene'"),
+        ({"tiling": {"codec": "gzip"}}, r"tiling\.codec: .*unknown codec 'gzip'; choose one of"),
         ({"time_windows": {"months": 13}}, r"time_windows\.months: .*less than or equal to 12"),
         ({"time_windows": {"months": 5}}, r"time_windows: months must divide 12"),
         (

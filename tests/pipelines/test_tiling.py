@@ -15,7 +15,7 @@ import zarr
 from affine import Affine
 from rasterio.enums import Resampling
 
-from matter_model.patch_store import ENCODINGS, TripletDataset, read_shard, shard_ids
+from matter_model.patch_store import ENCODINGS, TripletDataset, read_info, read_shard, shard_ids
 from pipelines.bands import SCL_INVALID_DEFAULT
 from pipelines.change_screen import screen_windows
 from pipelines.cog_stack import CogScene, CogStack, CogStackError, stored_into, upsampled
@@ -144,6 +144,7 @@ def test_max_pairs_per_window_and_strips() -> None:
         ({"min_valid_fraction": 1.5}, "min_valid_fraction"),
         ({"max_pairs_per_window": 0}, "max_pairs_per_window"),
         ({"strip_rows": 0}, "strip_rows"),
+        ({"codec": "gzip"}, "unknown codec 'gzip'"),
     ],
 )
 def test_bad_settings_are_named(setting: dict, message: str) -> None:
@@ -242,6 +243,24 @@ def test_whole_scene_shard_matches_cut_triplets(tmp_path) -> None:
     np.testing.assert_allclose(written["negative"], triplets.negative, rtol=0, atol=0.501e-4)
     table = pd.read_csv(result.shards[0] / "patches.csv")
     assert table["negative_row"].tolist() == triplets.patches["negative_row"].tolist()
+
+
+def test_the_codec_setting_starts_a_store_and_a_started_store_keeps_its_own(tmp_path) -> None:
+    stack, screen, triplets = _cut(seed=5)
+
+    def tile(shard: str, codec: str | None) -> None:
+        settings = TilingSettings(seed=5, min_valid_fraction=0.5, codec=codec)
+        tile_to_store(StackSource(stack, BANDS), screen, tmp_path, shard, BANDS, settings)
+
+    tile("a", "zstd-3")
+    tile("b", None)  # the default would be another codec: the store keeps zstd-3
+    assert read_info(tmp_path).codec == "zstd-3"
+    for shard in ("a", "b"):
+        (compressor,) = zarr.open_group(tmp_path / "shards" / shard, mode="r")["anchor"].compressors
+        assert type(compressor).__name__ == "ZstdCodec"
+    np.testing.assert_array_equal(
+        read_shard(tmp_path, "a")["anchor"], read_shard(tmp_path, "b")["anchor"]
+    )
 
 
 def test_an_all_cloudy_region_writes_an_empty_valid_shard(tmp_path) -> None:
