@@ -31,7 +31,7 @@ from pydantic import (
 )
 
 from matter_model.bands import MATTER_BANDS
-from matter_model.patch_store import CODECS
+from matter_model.patch_store import check_codec
 from pipelines import tiling
 from pipelines.coregistration import DEFAULT_CHUNK_PX, DEFAULT_SAMPLE_PX
 from pipelines.stac.hrefs import check_host_pattern
@@ -191,9 +191,7 @@ class TilingSettings(Section):
     @field_validator("codec")
     @classmethod
     def _known_codec(cls, codec: str | None) -> str | None:
-        if codec is not None and codec not in CODECS:
-            raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(CODECS)}")
-        return codec
+        return codec if codec is None else check_codec(codec)
 
 
 @cache

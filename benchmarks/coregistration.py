@@ -15,8 +15,8 @@ Each case runs in a fresh subprocess that co-registers the stack and writes it t
 ``--gdal-cache-mb`` (GDAL's own default, 5% of RAM, lets the cache grow with the grid and hides
 what the blocks hold). "blocks" uses the default 1024 px blocks; "in memory" sets the block to
 the whole grid, so each date's 12 bands are read and resampled as one array, as the pre-dask
-code did. Both run side by side on a
-crop that the in-memory version handles, then the blocks alone on the full ``--size-px`` grid.
+code did. Both run side by side on a crop that the in-memory version handles, then the blocks
+alone on the full ``--size-px`` grid.
 After each blocks case, a plain GDAL warp of the same assets onto the same grid, written the same
 way (:mod:`plain_warp`), gives what co-registration costs above warping (``plain_warp_s`` next to
 ``coregistration_s``). The new shift estimator and the Powell search it replaced run taking turns

@@ -92,12 +92,21 @@ CODECS: dict[str, Callable[[], list]] = {
         zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
     ],
 }
+
+
 # What a store.json without a "codec" key (written before the key existed) was compressed with.
 DEFAULT_CODEC = "zstd-3"
 
 
 class PatchStoreError(ValueError):
     """The patch store is missing, malformed, or does not match what the caller expects."""
+
+
+def check_codec(codec: str) -> str:
+    """``codec`` if it names one of :data:`CODECS`; else an error naming the choices."""
+    if codec not in CODECS:
+        raise PatchStoreError(f"unknown codec {codec!r}; choose one of {sorted(CODECS)}")
+    return codec
 
 
 @dataclass(frozen=True)
@@ -199,8 +208,7 @@ class StoreInfo:
             raise PatchStoreError(
                 f"store normalisation must be one of {NORMALISATIONS}, not {self.normalisation!r}"
             )
-        if self.codec not in CODECS:
-            raise PatchStoreError(f"unknown codec {self.codec!r}; choose one of {sorted(CODECS)}")
+        check_codec(self.codec)
 
     @classmethod
     def encoded(

@@ -30,7 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from matter_model.inputs import REFLECTANCE
-from matter_model.patch_store import CODECS, Encoding, StoreInfo, write_shard
+from matter_model.patch_store import Encoding, StoreInfo, check_codec, write_shard
 from pipelines.blocks import as_blocks
 from pipelines.dates import stack_dates
 from pipelines.grid import Grid
@@ -94,8 +94,8 @@ class TilingSettings:
             )
         if self.strip_rows is not None and self.strip_rows < 1:
             raise ValueError(f"strip_rows must be at least 1 window row, got {self.strip_rows}")
-        if self.codec is not None and self.codec not in CODECS:
-            raise ValueError(f"unknown codec {self.codec!r}; choose one of {sorted(CODECS)}")
+        if self.codec is not None:
+            check_codec(self.codec)
 
 
 class Strip(Protocol):

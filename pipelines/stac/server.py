@@ -51,12 +51,12 @@ def _stop_with_parent() -> Callable[[], None] | None:
     if not sys.platform.startswith("linux"):
         return None
     libc = ctypes.CDLL(None, use_errno=True)
-    signal_number = ctypes.c_int(signal.SIGTERM)
+    sigterm, death_signal = ctypes.c_int(signal.SIGTERM), ctypes.c_ulong(signal.SIGTERM)
     default_action = ctypes.c_void_p(0)  # SIG_DFL
 
     def preexec() -> None:
-        libc.signal(signal_number, default_action)
-        libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM))
+        libc.signal(sigterm, default_action)
+        libc.prctl(_PR_SET_PDEATHSIG, death_signal)
 
     return preexec
 
