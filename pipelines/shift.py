@@ -109,16 +109,23 @@ def estimate_shift(
     return (start + offset) / upsample
 
 
-def apply_shift(block: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Resample a (band + 1, y, x) mosaic block by ``shift`` (bilinear); reflectance pixels
-    touched by invalid ones become invalid and NaN. Run per block with an overlap of at least
-    the shift plus one pixel, it gives what resampling the whole date would."""
-    filled = np.nan_to_num(block[:-1], nan=0.0)
-    moved = np.stack([ndimage.shift(b, shift, order=1, mode="nearest") for b in filled])
-    moved_valid = ndimage.shift(block[-1], shift, order=1, mode="constant", cval=0)
-    still_valid = moved_valid > 0.999
-    moved[:, ~still_valid] = np.nan
-    return np.concatenate([moved, still_valid[None].astype(np.float32)])
+def apply_shift(
+    block: np.ndarray, shift: np.ndarray, trim: tuple[slice, slice] = (slice(None), slice(None))
+) -> np.ndarray:
+    """Resample a (band + 1, y, x) mosaic block by ``shift`` (bilinear) and keep its ``trim``
+    part; reflectance pixels touched by invalid ones become invalid and NaN. Run per block with
+    an overlap of at least the shift plus one pixel, it gives what resampling the whole date
+    would. One band is resampled at a time, so the block's copies are its output and one plane."""
+    still_valid = ndimage.shift(block[-1], shift, order=1, mode="constant", cval=0) > 0.999
+    kept = still_valid[trim]
+    moved = np.empty((len(block), *kept.shape), dtype=np.float32)
+    plane = np.empty(block.shape[1:], dtype=np.float32)
+    for band, values in enumerate(block[:-1]):
+        filled = np.nan_to_num(values, nan=0.0)
+        ndimage.shift(filled, shift, output=plane, order=1, mode="nearest")
+        moved[band] = np.where(kept, plane[trim], np.float32(np.nan))
+    moved[-1] = kept
+    return moved
 
 
 def _depth(shift: np.ndarray) -> int:
@@ -153,9 +160,9 @@ def shifted_block(
     row0, col0 = max(0, window.row_off - depth), max(0, window.col_off - depth)
     row1 = min(grid.height, window.row_off + window.height + depth)
     col1 = min(grid.width, window.col_off + window.width + depth)
-    moved = apply_shift(read(Window(col0, row0, col1 - col0, row1 - row0)), -shift)
     top, left = window.row_off - row0, window.col_off - col0
-    return moved[:, top : top + window.height, left : left + window.width].copy()
+    trim = (slice(top, top + window.height), slice(left, left + window.width))
+    return apply_shift(read(Window(col0, row0, col1 - col0, row1 - row0)), -shift, trim)
 
 
 def shifted_mosaic(

@@ -15,7 +15,7 @@ from pipelines.coregistration import coregister
 from pipelines.dates import stack_dates
 from pipelines.demo_world import DEFAULT_SPEC, generate_demo_world
 from pipelines.grid import CoregistrationError, Grid, block_windows, region_grid, utm_epsg
-from pipelines.shift import estimate_shift
+from pipelines.shift import apply_shift, estimate_shift
 from pipelines.stac.items import item_epsg, reflectance_offset
 from pipelines.stac.signing import resolve_href
 from pipelines.stack_store import open_stack, write_stack
@@ -206,6 +206,30 @@ def test_chunked_stack_equals_the_whole_grid_one(tiny_world, tmp_path) -> None:
         np.testing.assert_array_equal(stack.shift_px.values, whole.shift_px.values)
     assert reopened.attrs == whole.attrs
     assert list(reopened.item_ids.values) == list(whole.item_ids.values)
+
+
+def _shifted_whole(block: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """The shift correction done plainly: every plane resampled at once, NaN where invalid."""
+    moved = np.stack(
+        [ndimage.shift(b, shift, order=1, mode="nearest") for b in np.nan_to_num(block[:-1])]
+    )
+    valid = ndimage.shift(block[-1], shift, order=1, mode="constant", cval=0) > 0.999
+    moved[:, ~valid] = np.nan
+    return np.concatenate([moved, valid[None].astype(np.float32)])
+
+
+def test_block_shift_equals_resampling_every_plane_at_once() -> None:
+    """apply_shift resamples band by band into its trimmed output: the same values as moving
+    the whole block at once and trimming after, NaN and the valid plane included."""
+    rng = np.random.default_rng(3)
+    block = rng.uniform(0, 1, (4, 40, 50)).astype(np.float32)
+    block[-1] = rng.uniform(size=(40, 50)) > 0.1
+    block[:-1, block[-1] == 0] = np.nan
+    shift = np.array([0.4, -1.3])
+    trim = (slice(2, 38), slice(3, 47))
+    expected = _shifted_whole(block, shift)
+    np.testing.assert_array_equal(apply_shift(block, shift), expected)
+    np.testing.assert_array_equal(apply_shift(block, shift, trim), expected[:, trim[0], trim[1]])
 
 
 def test_block_windows_cover_the_grid_once() -> None:
