@@ -14,10 +14,10 @@ read back by :func:`~pipelines.stack_store.open_stack`), an ``xarray.Dataset`` w
 through windows of a ``WarpedVRT`` onto the target grid (:mod:`pipelines.scene_reader`, or
 stackstac's lazy stack: :mod:`pipelines.stackstac_reader`, with ``reader="stackstac"``), the
 shift is measured on a bounded sample and applied per block, each block read again with a margin
-of the shift where the reader reads windows, so that no block waits on its neighbours
-(:mod:`pipelines.shift`), and :func:`~pipelines.stack_store.write_stack` streams the blocks into
-zarr. A full 10980 x 10980 tile of several dates thus runs in memory bounded by a few blocks, on
-the current dask scheduler (threads, or a ``distributed.Client`` when one is active).
+of the shift, so that no block waits on its neighbours (:mod:`pipelines.shift`), and
+:func:`~pipelines.stack_store.write_stack` writes the blocks into zarr one row of blocks at a
+time. A full 10980 x 10980 tile of several dates thus runs in memory bounded by a row of blocks,
+on the current dask scheduler (threads, or a ``distributed.Client`` when one is active).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import xarray as xr
 from pipelines import scene_reader, stackstac_reader
 from pipelines.bands import SCL_INVALID_DEFAULT, SPECTRAL_BANDS, band
 from pipelines.grid import CoregistrationError, Grid
-from pipelines.shift import estimate_shift, sample_slices, shift_mosaic, shifted_mosaic
+from pipelines.shift import estimate_shift, sample_slices, shifted_mosaic
 from pipelines.stac.items import scenes_by_date
 from pipelines.stac.search import item_mgrs_tile
 
@@ -50,13 +50,13 @@ MIN_SHIFT_OVERLAP = 0.2
 @dataclass(frozen=True)
 class Reader:
     """How scenes are read onto the grid: a date's lazy mosaic (band + 1, y, x) float32 (the
-    valid mask last) and its lazy SCL-valid mask (y, x) bool, both in ``chunk_px`` blocks, and,
-    for a reader that reads grid windows, the mosaic of one window (``mosaic_block``), which lets
-    a shifted date be corrected block by block from reads with a margin."""
+    valid mask last) and its lazy SCL-valid mask (y, x) bool, both in ``chunk_px`` blocks, and
+    the mosaic of one grid window (``mosaic_block``), which lets a shifted date be corrected
+    block by block from reads with a margin."""
 
     date_mosaic: Callable[..., da.Array]
     scl_valid: Callable[..., da.Array]
-    mosaic_block: Callable[..., np.ndarray] | None = None
+    mosaic_block: Callable[..., np.ndarray]
 
 
 # The scene readers by name: hand-written windows of a WarpedVRT, or stackstac's lazy stack.
@@ -64,7 +64,9 @@ READERS: dict[str, Reader] = {
     "warpedvrt": Reader(
         scene_reader.date_mosaic, scene_reader.scl_valid, scene_reader.mosaic_block
     ),
-    "stackstac": Reader(stackstac_reader.date_mosaic, stackstac_reader.scl_valid),
+    "stackstac": Reader(
+        stackstac_reader.date_mosaic, stackstac_reader.scl_valid, stackstac_reader.mosaic_block
+    ),
 }
 DEFAULT_READER = "warpedvrt"
 
@@ -118,11 +120,8 @@ def coregister(
     planes = [list(bands).index(shift_band), len(bands)]
     shifts = measure_shifts(mosaics, planes, overlaps, grid, chunk_px, sample_px)
     for t in np.flatnonzero(_measured(overlaps)):
-        if read.mosaic_block is None:  # a lazy stack only: neighbours' blocks give the margin
-            mosaics[t] = shift_mosaic(mosaics[t], shifts[t])
-        else:
-            window = partial(read.mosaic_block, dates[t], grid, bands, invalid_scl, href_rewrites)
-            mosaics[t] = shifted_mosaic(window, len(bands) + 1, grid, chunk_px, shifts[t])
+        window = partial(read.mosaic_block, dates[t], grid, bands, invalid_scl, href_rewrites)
+        mosaics[t] = shifted_mosaic(window, len(bands) + 1, grid, chunk_px, shifts[t])
     attrs = {
         "crs": f"EPSG:{grid.epsg}",
         "transform": list(grid.transform)[:6],

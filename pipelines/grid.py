@@ -36,6 +36,15 @@ class Grid:
             top,
         )
 
+    def part(self, window: Window) -> Grid:
+        """The grid of ``window``'s pixels alone: the same pixels, its origin at the window's."""
+        return Grid(
+            epsg=self.epsg,
+            transform=self.transform * Affine.translation(window.col_off, window.row_off),
+            width=int(window.width),
+            height=int(window.height),
+        )
+
     @property
     def coords(self) -> tuple[np.ndarray, np.ndarray]:
         """Pixel-centre (y, x) coordinates."""

@@ -2,9 +2,8 @@
 
 The shift is measured on a bounded sample of one band (:func:`sample_slices` picks it), by masked
 cross-correlation refined to sub-pixel by an upsampled DFT (:func:`estimate_shift`), and corrected
-block by block, each block read again with a margin of the shift (:func:`shifted_mosaic`), or,
-for a reader that only gives a lazy array, from its neighbours' blocks (:func:`shift_mosaic`), so
-a whole tile never sits in memory.
+block by block, each block read again with a margin of the shift (:func:`shifted_mosaic`), so
+that no block waits on its neighbours and a whole tile never sits in memory.
 """
 
 from __future__ import annotations
@@ -133,23 +132,6 @@ def _depth(shift: np.ndarray) -> int:
     return int(np.ceil(np.abs(shift).max())) + 1
 
 
-def shift_mosaic(mosaic: da.Array, shift: np.ndarray) -> da.Array:
-    """A date's lazy mosaic (band + 1, y, x) moved back by its measured ``shift``, block by block
-    with an overlap of the shift plus one pixel.
-
-    Each block waits on its neighbours' blocks, so dask holds about a row of blocks per date
-    until the next row is done: for a mosaic that can be read by window, :func:`shifted_mosaic`
-    keeps memory flat."""
-    depth = _depth(shift)
-    return mosaic.map_overlap(
-        apply_shift,
-        depth={0: 0, 1: depth, 2: depth},
-        boundary="none",
-        dtype=np.float32,
-        shift=-shift,
-    )
-
-
 def shifted_block(
     read: Callable[[Window], np.ndarray], grid: Grid, window: Window, shift: np.ndarray
 ) -> np.ndarray:
@@ -170,6 +152,6 @@ def shifted_mosaic(
 ) -> da.Array:
     """A date's lazy mosaic (``planes``, y, x) moved back by ``shift``, from ``read`` (a grid
     window to its (band + 1, y, x) mosaic), one independent task per block: the same values as
-    :func:`shift_mosaic`, without holding neighbours' blocks."""
+    resampling the whole date, without holding neighbours' blocks."""
     moved = partial(shifted_block, read, grid, shift=shift)  # moved(window)
     return lazy_blocks(moved, grid, chunk_px, (planes,), np.float32)

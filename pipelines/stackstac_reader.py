@@ -18,6 +18,7 @@ import dask.array as da
 import numpy as np
 import stackstac
 from rasterio.enums import Resampling
+from rasterio.windows import Window
 
 from pipelines.bands import SCL, asset_key
 from pipelines.grid import CoregistrationError, Grid
@@ -127,6 +128,23 @@ def date_mosaic(
         invalid_scl=tuple(invalid_scl),
         dtype=np.float32,
     )
+
+
+def mosaic_block(
+    scenes: Sequence[dict],
+    grid: Grid,
+    bands: Sequence[str],
+    invalid_scl: Sequence[int],
+    href_rewrites: Sequence[tuple[str, str]],
+    window: Window,
+) -> np.ndarray:
+    """One date's mosaic (band + 1, y, x) over ``window`` of ``grid``: a stackstac stack of the
+    window alone, computed in the calling task, so that a shifted block is read with its own
+    margin, as :func:`scene_reader.mosaic_block` reads it, and waits on no other block."""
+    part = grid.part(window)
+    side = max(part.height, part.width)
+    mosaic = date_mosaic(scenes, part, bands, invalid_scl, href_rewrites, side)
+    return mosaic.compute(scheduler="sync")
 
 
 def _valid_block(*planes: np.ndarray, invalid_scl: Sequence[int]) -> np.ndarray:
