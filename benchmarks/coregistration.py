@@ -19,7 +19,9 @@ code did. Both run side by side on a crop that the in-memory version handles, th
 alone on the full ``--size-px`` grid.
 After each blocks case, a plain GDAL warp of the same assets onto the same grid, written the same
 way (:mod:`plain_warp`), gives what co-registration costs above warping (``plain_warp_s`` next to
-``coregistration_s``). The new shift estimator and the Powell search it replaced run taking turns
+``coregistration_s``). With ``--repeats N`` the blocks and plain-warp cases run N times taking
+turns, and each row holds the medians of its runs: a peak moves by a fifth between runs of the
+same case. The new shift estimator and the Powell search it replaced run taking turns
 on the same samples (:mod:`shift_estimators`). The 1-minute load average is recorded before and
 after. Prints a table and writes ``benchmarks/results/coregistration.json``.
 
@@ -370,6 +372,9 @@ def main() -> None:
     parser.add_argument("--crop-px", type=int, default=2048, help="side of the side-by-side crop")
     parser.add_argument("--dates", type=int, default=3)
     parser.add_argument("--gdal-cache-mb", type=int, default=256)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs of each blocks and plain-warp case (medians)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="the JSON to write")
     parser.add_argument(
         "--readers",
@@ -419,17 +424,30 @@ def main() -> None:
 
 def measure_cases(items_path: Path, args: argparse.Namespace, tmp: Path) -> dict[str, dict]:
     """Each case in its own subprocess; co-registration in blocks and the plain warp of the
-    same size taking turns."""
+    same size taking turns, ``--repeats`` times (each row then holds the medians and its runs)."""
     from pipelines.coregistration import DEFAULT_CHUNK_PX
 
     cache = args.gdal_cache_mb
     rows = {"in memory, crop": measure(items_path, args.crop_px, args.crop_px, tmp, cache)}
-    for label, size in (("crop", args.crop_px), ("full grid", args.size_px)):
-        rows[f"blocks, {label}"] = measure(items_path, size, DEFAULT_CHUNK_PX, tmp, cache)
-        rows[f"plain warp, {label}"] = measure(
-            items_path, size, DEFAULT_CHUNK_PX, tmp, cache, plain=True
-        )
-    return rows
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.repeats):
+        for label, size in (("crop", args.crop_px), ("full grid", args.size_px)):
+            for kind, plain in (("blocks", False), ("plain warp", True)):
+                run = measure(items_path, size, DEFAULT_CHUNK_PX, tmp, cache, plain=plain)
+                runs.setdefault(f"{kind}, {label}", []).append(run)
+    return rows | {name: _medians(case_runs) for name, case_runs in runs.items()}
+
+
+def _medians(runs: list[dict]) -> dict:
+    """One case's runs as one row: the first run's fields, its figures the runs' medians, and
+    each run's wall time and peak."""
+    from statistics import median
+
+    figures = ("wall_s", "cpu_s", "peak_rss_mb", "pixels_per_s")
+    row = runs[0] | {k: median(r[k] for r in runs) for k in figures if k in runs[0]}
+    if len(runs) > 1:
+        row["runs"] = [{k: r[k] for k in ("wall_s", "peak_rss_mb")} for r in runs]
+    return row
 
 
 def summarise(rows: dict[str, dict], args: argparse.Namespace, build_s: float) -> dict:
@@ -444,6 +462,7 @@ def summarise(rows: dict[str, dict], args: argparse.Namespace, build_s: float) -
         ),
         "build_s": round(build_s, 1),
         "gdal_cache_mb": args.gdal_cache_mb,
+        "repeats": args.repeats,
         "cases": rows,
         "crop_peak_ratio_in_memory_over_blocks": round(
             crop_mem["peak_rss_mb"] / crop_blocks["peak_rss_mb"], 2
