@@ -342,7 +342,7 @@ def compare_readers(args: argparse.Namespace) -> None:
         for other in others
     }
     result = {
-        "machine": f"{os.cpu_count()} CPU cores, shared",
+        "machine": f"{os.cpu_count()} CPU cores",
         "test_set": (
             f"29RKH L2A upsampled to native resolution, {args.crop_px} px square from the tile's "
             f"upper-left corner, {args.dates} dates as shifted COG copies (planted shifts "
