@@ -66,13 +66,42 @@ class CogScene:
 
 def upsampled(native: np.ndarray, k: int, y: int, x: int, height: int, width: int) -> np.ndarray:
     """Pixels ``[y, y + height) x [x, x + width)`` of ``native`` seen on a grid ``k`` times finer:
-    each native pixel repeated k x k, only over the part asked for. Columns are repeated first,
-    then whole rows gathered: numpy copies long runs, not k-long ones."""
+    each native pixel repeated k x k, only over the part asked for (a view when k is 1)."""
     if k == 1:
         return native[y : y + height, x : x + width]
+    return upsampled_into(np.empty((height, width), native.dtype), native, k, y, x)
+
+
+def upsampled_into(out: np.ndarray, native: np.ndarray, k: int, y: int, x: int) -> np.ndarray:
+    """Fill ``out`` (h x w) with grid pixels ``[y, y + h) x [x, x + w)`` of ``native`` seen on a
+    grid ``k`` times finer, and return it. Columns are repeated first; rows are then written
+    k at a time from one repeated row where the crop starts and ends on whole native rows, or
+    gathered."""
+    height, width = out.shape
+    if k == 1:
+        out[...] = native[y : y + height, x : x + width]
+        return out
     part = _native_part(native, k, y, x, height, width)
-    columns = part.repeat(k, axis=1)[:, x % k : x % k + width]
-    return columns[(y % k + np.arange(height)) // k]
+    columns = _repeated_columns(part, k)[:, x % k : x % k + width]
+    if y % k == 0 and height % k == 0 and out.flags.c_contiguous:
+        out.reshape(height // k, k, width)[...] = columns[:, None, :]
+    else:
+        out[...] = columns[(y % k + np.arange(height)) // k]
+    return out
+
+
+def _repeated_columns(part: np.ndarray, k: int) -> np.ndarray:
+    """``part`` with each column repeated ``k`` times. Where k copies of a pixel fill one wider
+    unsigned integer (a uint16 twice in a uint32, a float32 twice in a uint64, a bool up to 8
+    times), one multiplication by 0x...0101 writes all k: numpy's ``repeat`` copies them pixel
+    by pixel, several times slower."""
+    wide = part.itemsize * k
+    if wide not in (2, 4, 8):
+        return part.repeat(k, axis=1)
+    ones = sum(1 << (8 * part.itemsize * i) for i in range(k))
+    unsigned = np.dtype(f"u{wide}")
+    bits = part.view(f"u{part.itemsize}").astype(unsigned)
+    return (bits * unsigned.type(ones)).view(part.dtype)
 
 
 @dataclass(frozen=True)
@@ -94,39 +123,34 @@ class _Source:
         return self.dataset.read(1, window=window), (self.row_offset + y0) % k, self.col_offset % k
 
 
-def scaled_into(
-    out: np.ndarray, native: np.ndarray, k: int, y: int, x: int, scale: float, offset: float
-) -> None:
-    """Fill ``out`` (float32, h x w) with ``native * scale + offset`` over grid pixels
-    ``[y, y + h) x [x, x + w)``, native pixels repeated k x k. Scaling happens at native
-    resolution, on k x k fewer pixels than the crop holds."""
-    part = _native_part(native, k, y, x, *out.shape)
-    scaled = part.astype(np.float32)
+def dn_to_reflectance(native: np.ndarray, scale: float, offset: float) -> np.ndarray:
+    """``native * scale + offset`` in float32: DN to reflectance."""
+    scaled = native.astype(np.float32)
     scaled *= np.float32(scale)
     scaled += np.float32(offset)
-    out[...] = upsampled(scaled, k, y % k, x % k, *out.shape)
+    return scaled
 
 
-def stored_into(out: np.ndarray, native: np.ndarray, k: int, y: int, x: int, shift: int) -> None:
-    """Fill ``out`` (an integer dtype, h x w) with the DN ``native + shift`` over grid pixels
-    ``[y, y + h) x [x, x + w)``, native pixels repeated k x k: the patch store's reflectance
-    integers straight from the COG's, with no float in between. The shift is applied at native
-    resolution in ``out``'s dtype, after a check that no DN leaves its range."""
-    part = _native_part(native, k, y, x, *out.shape)
-    if shift:
-        low, high = int(part.min()) + shift, int(part.max()) + shift
-        limits = np.iinfo(out.dtype)
-        if low < limits.min or high > limits.max:
-            raise CogStackError(
-                f"a DN shifted by {shift} for the scene's BOA offset spans [{low}, {high}], "
-                f"beyond the {out.dtype} that the patch store keeps"
-            )
-        # In the stored dtype (the check above rules out wrapping): a fraction of the cost of
-        # a pass through a wider integer.
-        step = out.dtype.type(abs(shift))
-        part = part.astype(out.dtype, copy=False)
-        part = np.add(part, step) if shift > 0 else np.subtract(part, step)
-    out[...] = upsampled(part, k, y % k, x % k, *out.shape)
+def as_stored(native: np.ndarray, shift: int, dtype: np.dtype | str) -> np.ndarray:
+    """The DN ``native + shift`` in ``dtype``: the patch store's reflectance integers straight
+    from the COG's, with no float in between. The shift is applied in ``dtype``, after a check
+    that no DN leaves its range; ``native`` is reused when it already has ``dtype`` (a strip
+    owns its freshly decoded pixels)."""
+    dtype = np.dtype(dtype)
+    stored = native.astype(dtype, copy=False)
+    if not shift:
+        return stored
+    low, high = int(native.min()) + shift, int(native.max()) + shift
+    limits = np.iinfo(dtype)
+    if low < limits.min or high > limits.max:
+        raise CogStackError(
+            f"a DN shifted by {shift} for the scene's BOA offset spans [{low}, {high}], "
+            f"beyond the {dtype} that the patch store keeps"
+        )
+    # In the stored dtype (the check above rules out wrapping): a fraction of the cost of a
+    # pass through a wider integer.
+    step = dtype.type(abs(shift))
+    return np.add(stored, step, out=stored) if shift > 0 else np.subtract(stored, step, out=stored)
 
 
 def _native_part(native: np.ndarray, k: int, y: int, x: int, h: int, w: int) -> np.ndarray:
@@ -136,27 +160,28 @@ def _native_part(native: np.ndarray, k: int, y: int, x: int, h: int, w: int) -> 
 
 @dataclass(frozen=True)
 class CogStrip:
-    """Rows of one date at native resolution; a crop is upsampled to the grid when cut."""
+    """Rows of one date at native resolution, ready to crop: every band already in the crops'
+    dtype (float32 reflectance or the patch store's integers) and the valid mask, so that a
+    crop only repeats pixels onto the grid. The per-pixel work is done once per strip, in the
+    thread that decodes it, not once per crop in the thread that cuts."""
 
     bands: list[tuple[np.ndarray, int, int, int]]  # (native pixels, factor, dy, dx) per band
-    scl: tuple[np.ndarray, int, int, int]
-    valid_lut: np.ndarray  # SCL class -> valid
-    offset: float
+    valid: tuple[np.ndarray, int, int, int]  # the valid mask on the SCL's pixels
+    dtype: np.dtype
 
     def crop(self, y: int, x: int, out: np.ndarray) -> np.ndarray:
         """Write the window whose upper-left grid pixel is (y, x) from the strip's first row
-        into ``out`` (band, size, size): reflectance into float32, the patch store's
-        reflectance integers (:data:`STORED`) into its integer dtype. Return its valid mask."""
+        into ``out`` (band, size, size) of the strip's dtype; return its valid mask."""
+        if out.dtype != self.dtype:
+            raise CogStackError(
+                f"this strip was read for {self.dtype} crops, not {out.dtype}; "
+                "read the rows again with that dtype"
+            )
         size = out.shape[-1]
-        integers = out.dtype.kind != "f"
-        shift = round((self.offset - STORED.offset) / STORED.scale)
         for i, (native, k, dy, dx) in enumerate(self.bands):
-            if integers:
-                stored_into(out[i], native, k, dy + y, dx + x, shift)
-            else:
-                scaled_into(out[i], native, k, dy + y, dx + x, L2A_SCALE, self.offset)
-        native, k, dy, dx = self.scl
-        return self.valid_lut[upsampled(native, k, dy + y, dx + x, size, size)]
+            upsampled_into(out[i], native, k, dy + y, dx + x)
+        native, k, dy, dx = self.valid
+        return upsampled(native, k, dy + y, dx + x, size, size)
 
 
 def _open_on_grid(path: str, grid: Grid, threads: int) -> _Source:
@@ -290,18 +315,25 @@ class CogStack:
         if not self._scl:
             raise CogStackError("the COG stack is closed; use it inside a `with` block")
 
-    def read_rows(self, y0: int, y1: int, date: int) -> CogStrip:
-        """Grid rows ``[y0, y1)`` of ``date``, every band decoded at its native resolution."""
+    def read_rows(
+        self, y0: int, y1: int, date: int, dtype: np.dtype | str = np.float32
+    ) -> CogStrip:
+        """Grid rows ``[y0, y1)`` of ``date``, every band decoded at its native resolution and
+        made ready for crops of ``dtype``: float32 reflectance, or the patch store's
+        reflectance integers (:data:`STORED`) in an integer dtype."""
         self._require_open()
-        width = self.grid.width
+        width, scene, dtype = self.grid.width, self.scenes[date], np.dtype(dtype)
+        shift = round((scene.offset - STORED.offset) / STORED.scale)
         bands = []
         for source in self._bands[date]:
             native, dy, dx = source.read_rows(y0, y1, width)
+            if dtype.kind == "f":
+                native = dn_to_reflectance(native, L2A_SCALE, scene.offset)
+            else:
+                native = as_stored(native, shift, dtype)
             bands.append((native, source.factor, dy, dx))
         scl, dy, dx = self._scl[date].read_rows(y0, y1, width)
-        return CogStrip(
-            bands, (scl, self._scl[date].factor, dy, dx), self._valid_lut, self.scenes[date].offset
-        )
+        return CogStrip(bands, (self._valid_lut[scl], self._scl[date].factor, dy, dx), dtype)
 
     def valid_fraction(self, size: int) -> np.ndarray:
         """Share of valid pixels of each ``size`` px window: (date, row, col), from the SCL."""

@@ -102,9 +102,10 @@ class Strip(Protocol):
     """Rows of one date, read once; windows are cut from it."""
 
     def crop(self, y: int, x: int, out: np.ndarray) -> np.ndarray:
-        """Write the reflectance of the window whose upper-left pixel is (y, x) from the strip's
-        first row into ``out`` (band, size, size) float32 (NaN allowed where invalid); return
-        its valid mask (size, size)."""
+        """Write the window whose upper-left pixel is (y, x) from the strip's first row into
+        ``out`` (band, size, size) of the dtype the rows were read for: float32 reflectance
+        (NaN allowed where invalid) or the source's ``encoding`` integers; return its valid
+        mask (size, size)."""
         ...
 
 
@@ -119,8 +120,9 @@ class PixelSource(Protocol):
     # dtype (None: float reflectance only).
     encoding: Encoding | None
 
-    def read_rows(self, y0: int, y1: int, date: int) -> Strip:
-        """Grid rows ``[y0, y1)`` of ``date``."""
+    def read_rows(self, y0: int, y1: int, date: int, dtype: np.dtype | str) -> Strip:
+        """Grid rows ``[y0, y1)`` of ``date``, to be cut into crops of ``dtype`` (a source may
+        prepare its pixels for it once per strip rather than once per crop)."""
         ...
 
     def valid_fraction(self, size: int) -> np.ndarray:
@@ -160,8 +162,10 @@ class StackSource:
         self._reflectance = stack["reflectance"].sel(band=list(bands)).values
         self._valid = stack["valid"].values
 
-    def read_rows(self, y0: int, y1: int, date: int) -> ArrayStrip:
-        """Rows ``[y0, y1)`` at ``date`` (views, no copy)."""
+    def read_rows(
+        self, y0: int, y1: int, date: int, dtype: np.dtype | str = np.float32
+    ) -> ArrayStrip:
+        """Rows ``[y0, y1)`` at ``date`` (views, no copy; crops of any ``dtype`` cast them)."""
         return ArrayStrip(self._reflectance[date, :, y0:y1], self._valid[date, y0:y1])
 
     def valid_fraction(self, size: int) -> np.ndarray:
@@ -275,7 +279,7 @@ def plan_triplets(
 def _fill_invalid(crop: np.ndarray, valid: np.ndarray) -> float:
     """Set the invalid pixels of ``crop`` to the band medians of its valid ones (zeros when
     none is valid; rounded in an integer crop); return its valid share."""
-    share = float(valid.mean())
+    share = np.count_nonzero(valid) / valid.size
     if share < 1.0:
         fill = np.median(crop[:, valid], axis=1) if share > 0 else np.zeros(len(crop))
         if crop.dtype.kind != "f":
@@ -293,17 +297,22 @@ class _Rows:
 
 
 def _read_rows(
-    source: PixelSource, windows: pd.DataFrame, plan: pd.DataFrame, pooled: bool
+    source: PixelSource,
+    windows: pd.DataFrame,
+    plan: pd.DataFrame,
+    pooled: bool,
+    dtype: np.dtype | str = np.float32,
 ) -> _Rows:
-    """One read of the rows the windows of a non-empty ``plan`` span, per date they need;
-    ``pooled``: the negatives come from another source, so their rows are not read here."""
+    """One read of the rows the windows of a non-empty ``plan`` span, per date they need, for
+    crops of ``dtype``; ``pooled``: the negatives come from another source, so their rows are
+    not read here."""
     size = int(windows["size"].iloc[0])
     used = windows["row"].to_numpy()[plan["window"]]
     if not pooled:
         used = np.concatenate([used, windows["row"].to_numpy()[plan["negative"]]])
     y0, y1 = int(used.min()) * size, (int(used.max()) + 1) * size
     needed = sorted(set(plan["anchor"]) | set(plan["positive"]))
-    return _Rows(y0, {t: source.read_rows(y0, y1, t) for t in needed})
+    return _Rows(y0, {t: source.read_rows(y0, y1, t, dtype) for t in needed})
 
 
 def _cut(
@@ -319,7 +328,7 @@ def _cut(
     negatives from ``pool`` (source, kept windows) are read window by window. The crops are
     float32 reflectance, or with an integer ``dtype`` the sources' stored integers."""
     size = int(windows["size"].iloc[0])
-    read = read or _read_rows(source, windows, plan, pool is not None)
+    read = read or _read_rows(source, windows, plan, pool is not None, dtype)
     y0, strips = read.y0, read.strips
     negative_source, negative_windows = pool or (source, windows)
     crops = np.empty((3, len(plan), n_bands, size, size), dtype=dtype)
@@ -333,7 +342,7 @@ def _cut(
             valid = strips[date].crop(int(window["y0"]) - y0, int(window["x0"]), crop)
             shares.append(_fill_invalid(crop, valid))
         ny0 = int(negative["y0"])
-        strip = strips[d] if pool is None else negative_source.read_rows(ny0, ny0 + size, d)
+        strip = strips[d] if pool is None else negative_source.read_rows(ny0, ny0 + size, d, dtype)
         top = ny0 - y0 if pool is None else 0
         valid = strip.crop(top, int(negative["x0"]), crops[2, n])
         shares.append(_fill_invalid(crops[2, n], valid))
@@ -464,7 +473,7 @@ def tile_to_store(
     dtype = info.dtype if exact else np.float32
 
     def read(part: pd.DataFrame) -> _Rows | None:
-        return _read_rows(source, kept, part, pool is not None) if len(part) else None
+        return _read_rows(source, kept, part, pool is not None, dtype) if len(part) else None
 
     named = (
         (

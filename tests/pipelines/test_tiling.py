@@ -18,7 +18,14 @@ from rasterio.enums import Resampling
 from matter_model.patch_store import ENCODINGS, TripletDataset, read_info, read_shard, shard_ids
 from pipelines.bands import SCL_INVALID_DEFAULT
 from pipelines.change_screen import screen_windows
-from pipelines.cog_stack import CogScene, CogStack, CogStackError, stored_into, upsampled
+from pipelines.cog_stack import (
+    CogScene,
+    CogStack,
+    CogStackError,
+    as_stored,
+    upsampled,
+    upsampled_into,
+)
 from pipelines.grid import Grid
 from pipelines.scene_reader import read_asset
 from pipelines.tiling import (
@@ -327,36 +334,44 @@ def test_cog_crops_as_store_integers_equal_the_encoded_reflectance(real_data, of
     bands = ["B01", "B04", "B05", "B8A"]
     scene = replace(_real_scene(real_data("s2_l2a_cog_29RKH"), bands), offset=offset)
     with CogStack([scene], bands, grid=REAL_GRID) as source:
-        strip = source.read_rows(300, 700, 0)
         floats = np.empty((len(bands), 250, 250), np.float32)  # not whole 20 or 60 m pixels
         integers = np.empty(floats.shape, np.uint16)
-        valid = strip.crop(53, 407, floats)
+        valid = source.read_rows(300, 700, 0).crop(53, 407, floats)
+        strip = source.read_rows(300, 700, 0, np.uint16)
         np.testing.assert_array_equal(strip.crop(53, 407, integers), valid)
+        with pytest.raises(CogStackError, match="read for uint16 crops, not float32"):
+            strip.crop(53, 407, floats)
     np.testing.assert_array_equal(integers, ENCODINGS["reflectance"].encode(floats))
 
 
-@pytest.mark.parametrize(("k", "y", "x"), [(1, 3, 4), (2, 0, 0), (2, 1, 3), (6, 5, 2), (6, 12, 7)])
-def test_upsampled_repeats_each_native_pixel_k_by_k(k, y, x) -> None:
-    native = np.arange(20 * 20, dtype=np.uint16).reshape(20, 20)
-    naive = np.kron(native, np.ones((k, k), np.uint16))[y : y + 37, x : x + 41]
-    np.testing.assert_array_equal(upsampled(native, k, y, x, 37, 41), naive)
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, bool, np.uint8])
+@pytest.mark.parametrize(
+    ("k", "y", "x", "height"),
+    [(1, 3, 4, 37), (2, 0, 0, 38), (2, 0, 0, 37), (2, 1, 3, 37), (4, 8, 5, 36), (6, 5, 2, 37),
+     (6, 12, 7, 36)],
+)  # fmt: skip
+def test_upsampled_repeats_each_native_pixel_k_by_k(dtype, k, y, x, height) -> None:
+    native = (np.arange(60 * 60).reshape(60, 60) % 7).astype(dtype) * dtype(3)
+    naive = np.kron(native, np.ones((k, k), dtype))[y : y + height, x : x + 41]
+    np.testing.assert_array_equal(upsampled(native, k, y, x, height, 41), naive)
+    # Into a view that is not contiguous: the rows cannot be written k at a time through it.
+    out = np.zeros((height, 2, 41), dtype)[:, 1]
+    np.testing.assert_array_equal(upsampled_into(out, native, k, y, x), naive)
 
 
-@pytest.mark.parametrize("k", [1, 2, 6])
 @pytest.mark.parametrize("shift", [1000, -1000, 0])
-def test_stored_into_shifts_the_dn_as_wide_integers_would(k, shift) -> None:
-    native = np.random.default_rng(k).integers(1000, 64535, (50, 50), dtype=np.uint16)
-    out = np.empty((37, 41), np.uint16)
-    stored_into(out, native, k, 5, 2, shift)
-    naive = np.kron(native.astype(np.int64) + shift, np.ones((k, k), np.int64))[5:42, 2:43]
-    np.testing.assert_array_equal(out, naive)
+def test_as_stored_shifts_the_dn_as_wide_integers_would(shift) -> None:
+    native = np.random.default_rng(0).integers(1000, 64535, (50, 50), dtype=np.uint16)
+    naive = native.astype(np.int64) + shift
+    np.testing.assert_array_equal(as_stored(native.copy(), shift, np.uint16), naive)
+    np.testing.assert_array_equal(as_stored(native, shift, np.int32), naive)
 
 
 @pytest.mark.parametrize(("dn", "shift"), [(65000, 1000), (500, -1000)])
 def test_a_shift_beyond_the_stored_dtype_is_refused(dn, shift) -> None:
     native = np.full((8, 8), dn, np.uint16)
     with pytest.raises(CogStackError, match=f"shifted by {shift} .* beyond the uint16"):
-        stored_into(np.empty((8, 8), np.uint16), native, 1, 0, 0, shift)
+        as_stored(native, shift, np.uint16)
 
 
 def test_real_tile_cogs_into_the_patch_store(tmp_path, real_data) -> None:
