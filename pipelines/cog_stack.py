@@ -133,24 +133,24 @@ def dn_to_reflectance(native: np.ndarray, scale: float, offset: float) -> np.nda
 
 def as_stored(native: np.ndarray, shift: int, dtype: np.dtype | str) -> np.ndarray:
     """The DN ``native + shift`` in ``dtype``: the patch store's reflectance integers straight
-    from the COG's, with no float in between. The shift is applied in ``dtype``, after a check
-    that no DN leaves its range; ``native`` is reused when it already has ``dtype`` (a strip
-    owns its freshly decoded pixels)."""
+    from the COG's, with no float in between; ``native`` is reused when it already has ``dtype``
+    (a strip owns its freshly decoded pixels).
+
+    A DN that the shift would carry out of ``dtype`` is held at its end, as no DN of a real
+    surface comes near it: in a scene before processing baseline 04.00 (shift +1000) that is
+    65535, the code of a saturated pixel, which the SCL marks invalid and a crop fills."""
     dtype = np.dtype(dtype)
     stored = native.astype(dtype, copy=False)
     if not shift:
         return stored
-    low, high = int(native.min()) + shift, int(native.max()) + shift
     limits = np.iinfo(dtype)
-    if low < limits.min or high > limits.max:
-        raise CogStackError(
-            f"a DN shifted by {shift} for the scene's BOA offset spans [{low}, {high}], "
-            f"beyond the {dtype} that the patch store keeps"
-        )
-    # In the stored dtype (the check above rules out wrapping): a fraction of the cost of a
+    # In the stored dtype, clipped first so that nothing wraps: a fraction of the cost of a
     # pass through a wider integer.
-    step = dtype.type(abs(shift))
-    return np.add(stored, step, out=stored) if shift > 0 else np.subtract(stored, step, out=stored)
+    if shift > 0:
+        np.minimum(stored, limits.max - shift, out=stored)
+        return np.add(stored, dtype.type(shift), out=stored)
+    np.maximum(stored, limits.min - shift, out=stored)
+    return np.subtract(stored, dtype.type(-shift), out=stored)
 
 
 def _native_part(native: np.ndarray, k: int, y: int, x: int, h: int, w: int) -> np.ndarray:
