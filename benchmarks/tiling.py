@@ -26,6 +26,12 @@ by GDAL on every core, and nothing else, counted as the patches (one window at o
 pixels make; once at native resolution (what ours decodes) and once with GDAL resampling each
 band onto the 10 m grid while decoding. Prints a table with the ratios (over torchgeo, and as a
 share of the decode limit) and writes ``benchmarks/results/tiling.json``.
+
+Then ours is taken apart once, in its own process (``parts`` in the JSON): each stage of the
+same run alone, one after the other, on what the stage before it produced: reading every strip
+the plan needs (decoding, and each strip made ready for the store's integers), cutting the
+triplets from those strips, writing the shards from those triplets, and the store's codec alone
+compressing every patch on one thread. Their CPU-seconds say where a run's time goes.
 """
 
 from __future__ import annotations
@@ -38,10 +44,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 from process_usage import cpu_seconds, peak_rss_mb
+
+if TYPE_CHECKING:  # the project's environment only: torchgeo's runs this file without it
+    from pipelines.cog_stack import CogScene
+    from pipelines.tiling import TilingSettings
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -124,32 +137,41 @@ def usage(start: float, cpu_start: float, patches: int) -> dict:
     }
 
 
-def run_ours(folder: Path, dates: int, store: Path) -> dict:
-    """Tile ``dates`` dates of the test set into a patch store, end to end from the COGs."""
-    from pipelines.cog_stack import CogScene, CogStack
-    from pipelines.tiling import TilingSettings, all_windows, tile_to_store
+def cog_scenes(folder: Path, dates: int) -> list[CogScene]:
+    """The first ``dates`` dates of the test set as ``pipelines.cog_stack.CogScene``."""
+    from pipelines.cog_stack import CogScene
 
     def path(day: str, band: str) -> str:
         return str(folder / FILENAME.format(tile=TILE, date=day, band=band))
 
-    scenes = [
+    return [
         CogScene(f"{d[:4]}-{d[4:6]}-{d[6:]}", {b: path(d, b) for b in BANDS}, path(d, "SCL"))
         for d in date_names(dates)
     ]
+
+
+def tiling_settings() -> TilingSettings:
+    """One triplet per window, negatives from the window's strip, a strip per window row."""
+    from pipelines.tiling import TilingSettings
+
+    return TilingSettings(
+        min_valid_fraction=0.5,
+        min_negative_distance_px=2 * PATCH,
+        max_pairs_per_window=1,
+        strip_rows=1,
+    )
+
+
+def run_ours(folder: Path, dates: int, store: Path) -> dict:
+    """Tile ``dates`` dates of the test set into a patch store, end to end from the COGs."""
+    from pipelines.cog_stack import CogStack
+    from pipelines.tiling import all_windows, tile_to_store
+
+    scenes = cog_scenes(folder, dates)
     start, cpu_start = time.perf_counter(), cpu_seconds()
     with CogStack(scenes, BANDS, region="benchmark", tile=TILE) as source:
         result = tile_to_store(
-            source,
-            all_windows(source.grid, PATCH),
-            store,
-            "benchmark",
-            BANDS,
-            TilingSettings(
-                min_valid_fraction=0.5,
-                min_negative_distance_px=2 * PATCH,
-                max_pairs_per_window=1,
-                strip_rows=1,
-            ),
+            source, all_windows(source.grid, PATCH), store, "benchmark", BANDS, tiling_settings()
         )
     return usage(start, cpu_start, 3 * result.triplets)
 
@@ -206,8 +228,74 @@ def run_decode(folder: Path, dates: int, resolution_m: int | None) -> dict:
     return usage(start, cpu_start, windows * dates)
 
 
+def timed(stage: Callable[[], object]) -> tuple[object, dict]:
+    """Run ``stage``; its result, and its wall and CPU seconds."""
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    result = stage()
+    return result, {"seconds": time.perf_counter() - start, "cpu_s": cpu_seconds() - cpu_start}
+
+
+def run_parts(folder: Path, dates: int, store: Path) -> dict:
+    """Ours taken apart: each stage of :func:`run_ours` alone, in turn, on the last one's
+    output (every strip and triplet held at once, so the peak is not the run's)."""
+    import numcodecs
+    import zarr
+
+    from matter_model.patch_store import CODECS, StoreInfo, write_shard
+    from pipelines.cog_stack import CogStack
+    from pipelines.tiling import _cut, _plan, _read_rows, _strips, all_windows
+
+    settings = tiling_settings()
+    info = StoreInfo.encoded(BANDS, PATCH, "reflectance")
+    with CogStack(cog_scenes(folder, dates), BANDS, region="benchmark", tile=TILE) as source:
+        (kept, plan, _), planning = timed(
+            lambda: _plan(source, all_windows(source.grid, PATCH), settings)
+        )
+        parts = list(_strips(kept, plan, settings.strip_rows))
+        rows, reading = timed(
+            lambda: [_read_rows(source, kept, part, False, info.dtype) for _, part in parts]
+        )
+        triplets, cutting = timed(
+            lambda: [
+                _cut(source, kept, part, len(BANDS), None, info.dtype, read)
+                for (_, part), read in zip(parts, rows, strict=True)
+            ]
+        )
+    _, writing = timed(
+        lambda: [
+            write_shard(store, f"parts-{k:04d}", info, t.anchor, t.positive, t.negative, t.patches)
+            for (k, _), t in zip(parts, triplets, strict=True)
+        ]
+    )
+    blosc = CODECS[info.codec]()[0]
+    if not isinstance(blosc, zarr.codecs.BloscCodec):
+        raise ValueError(f"the parts time Blosc alone; the store's codec is {info.codec}")
+    codec = numcodecs.Blosc(
+        cname=blosc.cname.value,
+        clevel=blosc.clevel,
+        shuffle={"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[blosc.shuffle.value],
+        typesize=np.dtype(info.dtype).itemsize,
+    )
+    numcodecs.blosc.set_nthreads(1)
+    patches = [p for t in triplets for role in (t.anchor, t.positive, t.negative) for p in role]
+    sizes, compressing = timed(lambda: [len(codec.encode(p)) for p in patches])
+    return {
+        "patches": len(patches),
+        "codec": info.codec,
+        "bytes_per_patch": sum(sizes) / len(sizes),
+        "raw_bytes_per_patch": patches[0].nbytes,
+        "planning": planning,
+        "reading": reading,
+        "cutting": cutting,
+        "writing": writing,
+        "compressing_one_thread": compressing,
+        "peak_mb": peak_rss_mb(),
+    }
+
+
 OURS, TORCHGEO, DECODE_NATIVE, DECODE_10M = "ours", "torchgeo", "decode-native", "decode-10m"
 SIDES = (OURS, TORCHGEO, DECODE_NATIVE, DECODE_10M)
+PARTS = "ours-parts"
 
 
 def run_side(side: str, folder: Path, dates: int, samples: int, store: Path) -> dict:
@@ -216,6 +304,8 @@ def run_side(side: str, folder: Path, dates: int, samples: int, store: Path) -> 
         return run_ours(folder, dates, store)
     if side == TORCHGEO:
         return run_torchgeo(folder, dates, samples)
+    if side == PARTS:
+        return run_parts(folder, dates, store)
     return run_decode(folder, dates, None if side == DECODE_NATIVE else 10)
 
 
@@ -229,6 +319,8 @@ def measure(side: str, folder: Path, dates: int, samples: int) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"the {side} run ({dates} dates) failed:\n{done.stderr[-3000:]}")
     row = json.loads(done.stdout.strip().splitlines()[-1])
+    if side == PARTS:
+        return row
     row["patches_per_s"] = row["patches"] / row["seconds"] if row["patches"] else None
     row["patches_per_cpu_s"] = row["patches"] / row["cpu_s"] if row["patches"] else None
     return row
@@ -240,7 +332,7 @@ def main() -> None:
     parser.add_argument("--dates", type=int, default=4, help="dates of the head-to-head")
     parser.add_argument("--curve", default="1,4,16", help="dates of the cost curve")
     parser.add_argument("--samples", type=int, default=300, help="torchgeo patches per run")
-    parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=(*SIDES, PARTS), help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -271,10 +363,12 @@ def main() -> None:
                     {"side": side, "dates": dates}
                     | (row or measure(side, folder, dates, args.samples))
                 )
+        parts = measure(PARTS, folder, args.dates, args.samples)
     result = summary(head, args) | {
         "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
         "runs": head,
         "cost_curve": rows,
+        "parts": parts,
     }
     # The project's environment only: torchgeo's worker runs this file without it.
     from matter_model.atomic_io import atomic_write_text
@@ -282,6 +376,7 @@ def main() -> None:
     out = RESULTS / "tiling.json"
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     report(result, rows, args)
+    report_parts(parts)
     print(f"wrote {out.relative_to(REPO)}")
 
 
@@ -338,6 +433,17 @@ def report(result: dict, rows: list[dict], args: argparse.Namespace) -> None:
             f"{r['side']:10} {r['dates']:5d} {r['patches']:8d} {r['seconds']:8.2f} "
             f"{r['cpu_s']:7.2f} {r['peak_mb']:8.0f} MB"
         )
+
+
+def report_parts(parts: dict) -> None:
+    """Print ours taken apart: each stage's wall and CPU seconds alone."""
+    print(
+        f"\nours taken apart ({parts['patches']} patches, {parts['codec']}: "
+        f"{parts['bytes_per_patch'] / 1000:.0f} kB of {parts['raw_bytes_per_patch'] / 1000:.0f} "
+        f"per patch):\n{'stage':24} {'seconds':>8} {'CPU s':>7}"
+    )
+    for stage in ("planning", "reading", "cutting", "writing", "compressing_one_thread"):
+        print(f"{stage:24} {parts[stage]['seconds']:8.2f} {parts[stage]['cpu_s']:7.2f}")
 
 
 if __name__ == "__main__":
