@@ -127,14 +127,14 @@ def date_names(dates: int) -> list[str]:
     return [(FIRST_DATE + timedelta(days=5 * t)).strftime("%Y%m%d") for t in range(dates)]
 
 
+def elapsed(start: float, cpu_start: float) -> dict:
+    """Wall and CPU seconds since ``start`` and ``cpu_start``."""
+    return {"seconds": time.perf_counter() - start, "cpu_s": cpu_seconds() - cpu_start}
+
+
 def usage(start: float, cpu_start: float, patches: int) -> dict:
     """Patches, wall and CPU seconds since the starts, and this process's peak resident set."""
-    return {
-        "patches": patches,
-        "seconds": time.perf_counter() - start,
-        "cpu_s": cpu_seconds() - cpu_start,
-        "peak_mb": peak_rss_mb(),
-    }
+    return {"patches": patches, **elapsed(start, cpu_start), "peak_mb": peak_rss_mb()}
 
 
 def cog_scenes(folder: Path, dates: int) -> list[CogScene]:
@@ -232,7 +232,7 @@ def timed(stage: Callable[[], object]) -> tuple[object, dict]:
     """Run ``stage``; its result, and its wall and CPU seconds."""
     start, cpu_start = time.perf_counter(), cpu_seconds()
     result = stage()
-    return result, {"seconds": time.perf_counter() - start, "cpu_s": cpu_seconds() - cpu_start}
+    return result, elapsed(start, cpu_start)
 
 
 def run_parts(folder: Path, dates: int, store: Path) -> dict:
@@ -241,12 +241,13 @@ def run_parts(folder: Path, dates: int, store: Path) -> dict:
     import numcodecs
     import zarr
 
+    from matter_model.inputs import REFLECTANCE
     from matter_model.patch_store import CODECS, StoreInfo, write_shard
     from pipelines.cog_stack import CogStack
     from pipelines.tiling import _cut, _plan, _read_rows, _strips, all_windows
 
     settings = tiling_settings()
-    info = StoreInfo.encoded(BANDS, PATCH, "reflectance")
+    info = StoreInfo.encoded(BANDS, PATCH, REFLECTANCE)
     with CogStack(cog_scenes(folder, dates), BANDS, region="benchmark", tile=TILE) as source:
         (kept, plan, _), planning = timed(
             lambda: _plan(source, all_windows(source.grid, PATCH), settings)

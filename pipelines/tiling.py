@@ -165,7 +165,13 @@ class StackSource:
     def read_rows(
         self, y0: int, y1: int, date: int, dtype: np.dtype | str = np.float32
     ) -> ArrayStrip:
-        """Rows ``[y0, y1)`` at ``date`` (views, no copy; crops of any ``dtype`` cast them)."""
+        """Rows ``[y0, y1)`` at ``date`` (views, no copy), for float crops: the stack holds
+        reflectance, not a store's integers (``encoding`` is None)."""
+        if np.dtype(dtype).kind != "f":
+            raise ValueError(
+                f"a co-registered stack is cut into float reflectance, not {np.dtype(dtype)}; "
+                "the patch store encodes it when the shard is written"
+            )
         return ArrayStrip(self._reflectance[date, :, y0:y1], self._valid[date, y0:y1])
 
     def valid_fraction(self, size: int) -> np.ndarray:
@@ -301,7 +307,7 @@ def _read_rows(
     windows: pd.DataFrame,
     plan: pd.DataFrame,
     pooled: bool,
-    dtype: np.dtype | str = np.float32,
+    dtype: np.dtype | str,
 ) -> _Rows:
     """One read of the rows the windows of a non-empty ``plan`` span, per date they need, for
     crops of ``dtype``; ``pooled``: the negatives come from another source, so their rows are

@@ -415,6 +415,13 @@ def test_real_tile_cogs_into_the_patch_store(tmp_path, real_data) -> None:
             )
 
 
+def test_a_stack_is_read_for_float_crops_only() -> None:
+    source = StackSource(synthetic_stack(size=32, dates=2), BANDS)
+    assert source.read_rows(0, 8, 0, np.float32).reflectance.dtype.kind == "f"
+    with pytest.raises(ValueError, match="cut into float reflectance, not uint16"):
+        source.read_rows(0, 8, 0, np.uint16)
+
+
 def test_a_cog_off_the_grid_is_refused_with_the_reason(real_data) -> None:
     folder = real_data("s2_l2a_cog_29RKH")
     scene = _real_scene(folder, ["B04"])
